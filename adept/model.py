@@ -1,0 +1,248 @@
+"""`AdeptModel`: a frozen Hugging Face backbone plus a soft prompt and (ADePT/DePT) input offsets.
+
+The whole method is `_prompted_inputs`: for input ids X (B, L)
+
+    E  = embed(X)                                   (B, L, d)   frozen vocabulary lookup
+    E' = E + offset(E)                               ADePT: ReLU(E·W1 + b1)·W2 + b2;  DePT: scaling·(A·B)[:L]
+    inputs_embeds = [P ; E']                         (B, m + L, d)   the prompt gets no offset
+    attention_mask = [1_m ; mask]                    (B, m + L)
+
+then the backbone runs on `inputs_embeds`. Seq2seq (T5): only the encoder input changes; the decoder
+and its labels are untouched. Causal (Llama, SmolLM): labels get m leading -100s and the returned
+logits cover the prompt positions too (B, m + L, V), as in the official code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import AdeptConfig
+from .layers import PositionOffset, SoftPrompt, TokenOffsetFFN, _true_shape, gathered
+
+IGNORE_INDEX = -100
+
+
+class AdeptModel(nn.Module):
+    """Wraps `base_model` (a transformers `PreTrainedModel`), freezes it and adds the adapter.
+
+    Build it with `get_adept_model(base_model, config, tokenizer)`; reload a saved adapter with
+    `AdeptModel.from_pretrained(base_model, path)`.
+    """
+
+    def __init__(self, base_model: nn.Module, config: AdeptConfig, tokenizer=None, *, init_prompt: bool = True):
+        super().__init__()
+        self.base_model = base_model
+        self.config = config
+        self.is_encoder_decoder = bool(getattr(base_model.config, "is_encoder_decoder", False))
+        base_model.requires_grad_(False)
+        embedding = base_model.get_input_embeddings()
+        vocab_size, d = _true_shape(embedding.weight)
+        self.hidden_size, self.vocab_size = d, vocab_size
+        if config.base_model_name_or_path is None:
+            config.base_model_name_or_path = getattr(base_model, "name_or_path", None) or None
+        if config.revision is None:
+            config.revision = getattr(base_model.config, "_commit_hash", None)
+
+        device = embedding.weight.device
+        # Seed the adapter init without disturbing the caller's global RNG.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.prompt = SoftPrompt(config.num_virtual_tokens, d)
+            self.ffn = (
+                TokenOffsetFFN(d, config.ffn_hidden_size, config.ffn_dropout) if config.method == "adept" else None
+            )
+            self.position_offset = (
+                PositionOffset(config.max_length, config.rank, d, config.dept_alpha) if config.method == "dept" else None
+            )
+            for module in (self.prompt, self.ffn, self.position_offset):
+                if module is not None:
+                    module.to(device)
+            if init_prompt:
+                self._init_prompt(embedding, tokenizer)
+
+    # ------------------------------------------------------------------ init
+    def _init_prompt(self, embedding: nn.Embedding, tokenizer) -> None:
+        cfg = self.config
+        if cfg.num_virtual_tokens == 0 or cfg.prompt_init == "random":
+            return
+        if cfg.prompt_init == "sample_vocab":
+            ids = torch.randint(0, self.vocab_size, (cfg.num_virtual_tokens,)).tolist()
+        else:
+            tokenizer = tokenizer or _load_tokenizer(cfg.base_model_name_or_path)
+            ids = tokenizer(cfg.prompt_init_text, add_special_tokens=True)["input_ids"]
+        self.prompt.init_from_token_ids(ids, embedding)
+
+    # ------------------------------------------------------------------ the method
+    @property
+    def num_virtual_tokens(self) -> int:
+        return self.config.num_virtual_tokens
+
+    def input_offset(self, embeds: torch.Tensor, start: int = 0) -> torch.Tensor | None:
+        """The offset added to token embeddings (B, L, d) at input positions start..start+L-1, or None (PT)."""
+        if self.ffn is not None:
+            return self.ffn(embeds)
+        if self.position_offset is not None:
+            return self.position_offset(embeds, start)
+        return None
+
+    def embed_inputs(self, input_ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """E' = E + offset(E) for input ids (B, L) -> (B, L, d). The prompt is not included."""
+        embeds = self.base_model.get_input_embeddings()(input_ids)
+        offset = self.input_offset(embeds, start)
+        return embeds if offset is None else embeds + offset
+
+    def _prompted_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+        if self.position_offset is not None and input_ids.shape[1] > self.position_offset.max_length:
+            raise ValueError(
+                f"DePT input length {input_ids.shape[1]} exceeds max_length={self.position_offset.max_length}; "
+                "truncate inputs to AdeptConfig.max_length (DePT's offsets cover exactly s positions)."
+            )
+        embeds = self.embed_inputs(input_ids)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        batch, m = input_ids.shape[0], self.num_virtual_tokens
+        if m:
+            embeds = torch.cat([self.prompt(batch, embeds.dtype), embeds], dim=1)
+            attention_mask = torch.cat([attention_mask.new_ones(batch, m), attention_mask], dim=1)
+        return embeds, attention_mask
+
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None, **kwargs):
+        """Same call as the backbone; returns the backbone's output object (loss, logits, ...)."""
+        _refuse_inputs_embeds(inputs_embeds)
+        if input_ids is None:
+            raise ValueError("AdeptModel.forward needs input_ids (the offsets are computed from token ids).")
+        embeds, mask = self._prompted_inputs(input_ids, attention_mask)
+        if labels is not None and not self.is_encoder_decoder and self.num_virtual_tokens:
+            labels = torch.cat([labels.new_full((labels.shape[0], self.num_virtual_tokens), IGNORE_INDEX), labels], 1)
+        return self.base_model(inputs_embeds=embeds, attention_mask=mask, labels=labels, **kwargs)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        """Same call and return as the backbone's `generate`.
+
+        Seq2seq returns decoder ids. Causal returns `input_ids` followed by the new tokens, and every
+        generated token fed back into the model also gets its offset (the official ADePT code offsets
+        only the first step's tokens; with this wrapper training and generation see the same inputs).
+        Use left padding for batched causal generation.
+        """
+        _refuse_inputs_embeds(kwargs.pop("inputs_embeds", None))
+        embeds, mask = self._prompted_inputs(input_ids, attention_mask)
+        if self.is_encoder_decoder:
+            return self.base_model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+        with self._offset_fed_back_tokens(start=input_ids.shape[1]):
+            new_tokens = self.base_model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+        return torch.cat([input_ids, new_tokens.to(input_ids.device)], dim=1)
+
+    @contextlib.contextmanager
+    def _offset_fed_back_tokens(self, start: int) -> Iterator[None]:
+        """While generating, route the backbone's own embedding lookups through the offset."""
+        original = self.base_model.get_input_embeddings()
+        if self.ffn is None and self.position_offset is None:
+            yield
+            return
+        self.base_model.set_input_embeddings(_OffsetEmbedding(original, self, start))
+        try:
+            yield
+        finally:
+            self.base_model.set_input_embeddings(original)
+
+    # ------------------------------------------------------------------ training helpers
+    def adapter_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """The adapter's own tensors (`prompt.weight`, `ffn.w1`, ...), never the backbone's."""
+        return [(n, p) for n, p in self.named_parameters() if not n.startswith("base_model.")]
+
+    def parameter_groups(self, prompt_lr: float, offset_lr: float, weight_decay: float = 0.0) -> list[dict]:
+        """Two AdamW groups as in the paper: the soft prompt at `prompt_lr`, FFN/low-rank offsets at `offset_lr`.
+
+        Empty groups are left out (DeepSpeed fails on them), so PT yields one group and ADePT with m=0 too.
+        """
+        prompt = [p for n, p in self.adapter_named_parameters() if n.startswith("prompt.") and p.numel()]
+        offset = [p for n, p in self.adapter_named_parameters() if not n.startswith("prompt.")]
+        groups = [
+            {"name": "prompt", "params": prompt, "lr": prompt_lr, "weight_decay": weight_decay},
+            {"name": "offset", "params": offset, "lr": offset_lr, "weight_decay": weight_decay},
+        ]
+        return [g for g in groups if g["params"]]
+
+    def num_trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def print_trainable_parameters(self) -> None:
+        trainable = self.num_trainable_parameters()
+        total = sum(p.numel() for p in self.parameters())
+        print(f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}")
+
+    # ------------------------------------------------------------------ files
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write `adapter_config.json` + `adapter_model.safetensors` (adapter tensors only)."""
+        from .io import save_adapter
+
+        save_adapter(self, path)
+
+    @classmethod
+    def from_pretrained(cls, base_model: nn.Module, path: str | Path) -> AdeptModel:
+        """Load an adapter saved by `save_pretrained`, or an official ADePT checkpoint folder."""
+        from .io import load_adapter
+
+        return load_adapter(base_model, path)
+
+    def fold(self):
+        """ADePT only: a `FoldedAdeptModel` whose input embedding table is E + FFN(E) (eval-mode exact)."""
+        from .fold import fold_adept
+
+        return fold_adept(self)
+
+
+class _OffsetEmbedding(nn.Module):
+    """Stands in for the backbone's input embedding during causal generation (see `generate`)."""
+
+    def __init__(self, embedding: nn.Module, adapter: AdeptModel, start: int):
+        super().__init__()
+        self.embedding, self.adapter, self.position = embedding, adapter, start
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.embedding.weight
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        embeds = self.embedding(input_ids)
+        offset = self.adapter.input_offset(embeds, self.position)
+        self.position += input_ids.shape[1]
+        return embeds if offset is None else embeds + offset
+
+
+def get_adept_model(base_model: nn.Module, config: AdeptConfig, tokenizer=None) -> AdeptModel:
+    """Freeze `base_model` and wrap it with the adapter described by `config`.
+
+    `tokenizer` is needed for `prompt_init="text"`; when omitted it is loaded from the backbone's name.
+    """
+    return AdeptModel(base_model, config, tokenizer)
+
+
+def _refuse_inputs_embeds(inputs_embeds) -> None:
+    if inputs_embeds is not None:
+        raise ValueError(
+            "AdeptModel does not accept inputs_embeds: the ADePT/DePT offsets are computed from token ids, "
+            "and passing embeddings would silently skip them (a bug of the official code). Pass input_ids."
+        )
+
+
+def _load_tokenizer(name_or_path: str | None):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path)
+    except Exception as err:  # noqa: BLE001 - any failure means the same fix
+        raise ValueError(
+            f"prompt_init='text' needs a tokenizer, and none could be loaded from {name_or_path!r} ({err}). "
+            "Pass tokenizer= to get_adept_model, or set AdeptConfig.prompt_init='sample_vocab'."
+        ) from err
+
+
+__all__ = ["AdeptModel", "get_adept_model", "IGNORE_INDEX", "gathered"]
