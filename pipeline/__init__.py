@@ -1,0 +1,1 @@
+"""Task registry, tokenisation, metrics and evaluation for ADePT experiments."""
