@@ -36,12 +36,14 @@ def tiny_t5(d_model: int = 32, vocab_size: int = VOCAB_SIZE, seed: int = 0) -> T
     return T5ForConditionalGeneration(cfg).eval()
 
 
-def tiny_llama(hidden_size: int = 32, vocab_size: int = VOCAB_SIZE, tie: bool = False, seed: int = 0) -> LlamaForCausalLM:
+def tiny_llama(hidden_size: int = 32, vocab_size: int = VOCAB_SIZE, tie: bool = False, seed: int = 0,
+               init_std: float = 0.2) -> LlamaForCausalLM:
+    """`init_std` 0.2 (HF default 0.02) gives a random model whose output depends on its input, like a trained one."""
     torch.manual_seed(seed)
     cfg = LlamaConfig(
         vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        pad_token_id=0, eos_token_id=1, bos_token_id=1, tie_word_embeddings=tie,
+        pad_token_id=0, eos_token_id=1, bos_token_id=1, tie_word_embeddings=tie, initializer_range=init_std,
     )
     return LlamaForCausalLM(cfg).eval()
 
