@@ -1,0 +1,81 @@
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from adept import FoldedAdeptModel
+from adept.fold import folded_embedding_table
+from wrapped import inputs, make_model
+
+BACKBONES = ["t5", "llama", "llama_tied"]
+
+
+def _generate(model, b):
+    b = {k: v for k, v in b.items() if k != "decoder_input_ids"}
+    return model.generate(**b, max_new_tokens=5, do_sample=False, output_scores=True,
+                          return_dict_in_generate=True) if model.is_encoder_decoder else \
+        model.generate(**b, max_new_tokens=5, do_sample=False)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_folded_model_equals_on_the_fly_model(backbone, tok):
+    model = make_model(backbone, "adept", tok)
+    folded = model.fold()
+    b = inputs(tok, backbone)
+    with torch.no_grad():
+        expected, got = model(**b).logits, folded(**b).logits
+    assert (expected - got).abs().max() <= 1e-5
+    if backbone == "t5":
+        g1, g2 = _generate(model, b), _generate(folded, b)
+        assert torch.equal(g1.sequences, g2.sequences)
+        for s1, s2 in zip(g1.scores, g2.scores, strict=True):
+            assert (s1 - s2).abs().max() <= 1e-5
+    else:
+        model.base_model.generation_config.eos_token_id = None
+        folded.base_model.generation_config.eos_token_id = None
+        g1, g2 = _generate(model, b), _generate(folded, b)
+        assert torch.equal(g1, g2)
+        assert len(set(g1[:, -5:].flatten().tolist())) > 1  # non-trivial generations
+
+
+def test_fold_leaves_the_output_side_and_the_original_alone(tok):
+    model = make_model("llama_tied", "adept", tok)
+    table = model.base_model.get_input_embeddings().weight.detach().clone()
+    folded = model.fold()
+    assert torch.equal(model.base_model.get_input_embeddings().weight, table)  # original untouched
+    assert torch.equal(folded.base_model.get_output_embeddings().weight, table)  # head keeps E
+    assert not torch.equal(folded.base_model.get_input_embeddings().weight, table)  # input gets E'
+    t5 = make_model("t5", "adept", tok).fold()
+    assert torch.equal(t5.base_model.shared.weight, t5.base_model.decoder.embed_tokens.weight)
+    assert not torch.equal(t5.base_model.shared.weight, t5.base_model.encoder.embed_tokens.weight)
+
+
+def test_folded_table_is_e_plus_ffn_of_e(tok):
+    model = make_model("llama", "adept", tok)
+    e = model.base_model.get_input_embeddings().weight
+    f = model.ffn
+    torch.testing.assert_close(folded_embedding_table(model), e + torch.relu(e @ f.w1 + f.b1) @ f.w2 + f.b2)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_folded_export_round_trip(backbone, tok, tmp_path):
+    model = make_model(backbone, "adept", tok)
+    folded = model.fold()
+    folded.save_pretrained(tmp_path)
+    again = FoldedAdeptModel.from_pretrained(tmp_path)
+    b = inputs(tok, backbone)
+    with torch.no_grad():
+        assert (model(**b).logits - again(**b).logits).abs().max() <= 1e-5
+
+
+def test_causal_export_is_a_plain_hf_folder_with_e_prime(tok, tmp_path):
+    model = make_model("llama_tied", "adept", tok)
+    model.fold().save_pretrained(tmp_path)
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path)
+    torch.testing.assert_close(plain.get_input_embeddings().weight, folded_embedding_table(model))
+    torch.testing.assert_close(plain.get_output_embeddings().weight, model.base_model.get_input_embeddings().weight)
+
+
+@pytest.mark.parametrize("method", ["dept", "prompt"])
+def test_only_adept_folds(method, tok):
+    with pytest.raises(ValueError, match="only ADePT can be folded"):
+        make_model("t5", method, tok).fold()
