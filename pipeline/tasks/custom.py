@@ -119,8 +119,26 @@ class CustomTaskSpec:
         return [(str(c), str(c)) for c in self.input_columns]
 
 
-def _load_file(path: Path) -> datasets.Dataset:
-    return datasets.load_dataset(BUILDERS[path.suffix.lower()], data_files=str(path), split="train")
+def _has_rows(path: Path) -> bool:
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows > 0
+    with path.open("r", encoding="utf-8", errors="replace") as f:
+        lines = (line for line in f if line.strip())
+        needed = 2 if path.suffix.lower() == ".csv" else 1  # a CSV header is not a row
+        return sum(1 for _, _ in zip(range(needed), lines, strict=False)) >= needed
+
+
+def _load_file(spec: CustomTaskSpec, key: str) -> datasets.Dataset:
+    path = spec.path(key)
+    where = f"custom task {spec.name!r}, {key} file {str(path)!r}"
+    if not _has_rows(path):
+        raise ValueError(f"{where}: the split is empty; give a file with at least one row")
+    try:
+        return datasets.load_dataset(BUILDERS[path.suffix.lower()], data_files=str(path), split="train")
+    except Exception as err:  # the builders' own errors do not name the file
+        raise ValueError(f"{where}: could not be read as {path.suffix} ({type(err).__name__}: {err})") from err
 
 
 class _CustomFormatter:
@@ -171,7 +189,7 @@ def load_custom_task(spec: CustomTaskSpec | Mapping[str, Any] | str | Path) -> T
         spec = CustomTaskSpec.from_yaml(spec)
     elif isinstance(spec, Mapping):
         spec = CustomTaskSpec.from_dict(spec)
-    files = {k: _load_file(spec.path(k)) for k in ("train", "validation", "test") if spec.path(k) is not None}
+    files = {k: _load_file(spec, k) for k in ("train", "validation", "test") if spec.path(k) is not None}
     label_index: dict[str, int] | None = None
     label_strings: tuple[str, ...] = ()
     if spec.task_type == "classification":

@@ -1,0 +1,184 @@
+"""Evaluation by greedy generation or by rank classification, for seq2seq and causal backbones.
+
+The model is anything with ``model(input_ids=, attention_mask=[, labels=])`` returning ``.logits``
+and ``model.generate(input_ids=, attention_mask=, max_new_tokens=, ...)``. Causal logits may carry
+extra leading positions (an ADePT/PT wrapper prepends m soft-prompt positions: (B, m + L, V)),
+so the last L positions, ``logits[:, -L:]``, are the ones aligned with ``input_ids`` (B, L).
+Causal ``generate`` returns the prompt followed by the new tokens; seq2seq returns decoder tokens.
+
+``eval_mode`` (in `EvalConfig`) is explicit:
+
+* ``generate``: greedy decoding (``num_beams=1``, ``do_sample=False``) of at most
+  ``max_new_tokens`` (default: the task's, 20 as in the reference); the decoded text, stripped
+  (causal: cut at ``stop_at``), is the prediction.
+* ``rank``: every label string is scored by its summed log-likelihood given the source (causal:
+  prompt + label + EOS, the same ids as training); the best-scoring label is the prediction.
+  Needs a task with ``label_strings`` (classification; STS-B lists its 26 values).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from pipeline.data import IGNORE_INDEX, Encoder, TokenizeConfig, pad_sequences, pad_token_id
+from pipeline.tasks.base import Task
+
+EVAL_MODES = ("generate", "rank")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Attributes:
+    tokenize: the `TokenizeConfig` used in training (same prompts, same truncation).
+    eval_mode: ``generate`` or ``rank``.
+    batch_size: examples per generate call; rows (example × label) per forward in rank mode.
+    max_new_tokens: generation budget; None = ``task.max_new_tokens``.
+    pad_to_length: DePT fixed length s for encoder inputs (seq2seq) or prompts / scored rows (causal).
+    stop_at: causal generation: keep the text before the first occurrence (None keeps all).
+    """
+
+    tokenize: TokenizeConfig
+    eval_mode: str = "generate"
+    batch_size: int = 32
+    max_new_tokens: int | None = None
+    pad_to_length: int | None = None
+    stop_at: str | None = "\n"
+
+    def __post_init__(self) -> None:
+        if self.eval_mode not in EVAL_MODES:
+            raise ValueError(f"EvalConfig.eval_mode={self.eval_mode!r}; choose one of {EVAL_MODES}")
+        if self.batch_size < 1:
+            raise ValueError(f"EvalConfig.batch_size={self.batch_size}; it must be >= 1")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError(f"EvalConfig.max_new_tokens={self.max_new_tokens}; use None (task default) or >= 1")
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    primary_metric: str
+    predictions: list[str]
+    references: list
+    sources: list[str] = field(repr=False)
+
+    @property
+    def score(self) -> float:
+        """Value of the model-selection metric."""
+        return self.metrics[self.primary_metric]
+
+    def table(self) -> dict[str, list]:
+        """Per-example columns (for ``mlflow.log_table``)."""
+        refs = [r if isinstance(r, str) else " | ".join(r) for r in self.references]
+        return {"source": list(self.sources), "reference": refs, "prediction": list(self.predictions)}
+
+
+def _device(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return torch.device("cpu")
+
+
+def _chunks(n: int, size: int):
+    for start in range(0, n, size):
+        yield start, min(start + size, n)
+
+
+@torch.no_grad()
+def predict_generate(model, tokenizer, sources: Sequence[str], config: EvalConfig, max_new_tokens: int) -> list[str]:
+    """Greedy generation for each source; returns the decoded, stripped predictions."""
+    causal = config.tokenize.backbone == "causal"
+    encoder, pad, device = Encoder(tokenizer, config.tokenize), pad_token_id(tokenizer), _device(model)
+    prompts, _ = encoder.sources(sources)
+    side = "left" if causal else "right"
+    predictions: list[str] = []
+    for lo, hi in _chunks(len(prompts), config.batch_size):
+        chunk = prompts[lo:hi]
+        input_ids = pad_sequences(chunk, pad, side, config.pad_to_length).to(device)
+        mask = pad_sequences([[1] * len(p) for p in chunk], 0, side, input_ids.shape[1]).to(device)
+        out = model.generate(
+            input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+            do_sample=False, num_beams=1, pad_token_id=pad,
+        )
+        new = out[:, input_ids.shape[1] :] if causal else out
+        for text in tokenizer.batch_decode(new, skip_special_tokens=True):
+            if causal and config.stop_at:
+                text = text.split(config.stop_at)[0]
+            predictions.append(text.strip())
+    return predictions
+
+
+def _summed_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """logits (R, T, V) aligned so that logits[:, t] predicts labels[:, t]; labels (R, T) with -100 → (R,)."""
+    mask = labels != IGNORE_INDEX
+    picked = logits[mask].float().log_softmax(-1)  # (n_tokens, V), only the scored positions
+    token_lp = picked.gather(-1, labels[mask].unsqueeze(-1)).squeeze(-1)
+    scores = torch.zeros(labels.shape[0], dtype=token_lp.dtype, device=labels.device)
+    return scores.index_add_(0, mask.nonzero()[:, 0], token_lp)
+
+
+@torch.no_grad()
+def score_candidates(model, tokenizer, sources: Sequence[str], candidates: Sequence[str], config: EvalConfig) -> torch.Tensor:
+    """Summed log-likelihood of each candidate string given each source: a (N, K) float tensor.
+
+    Causal: rows prompt_i + candidate_j (+ EOS when ``tokenize.add_eos``), right-padded; the
+    logits of position t-1 score token t. Seq2seq: encoder input source_i, labels candidate_j.
+    """
+    causal = config.tokenize.backbone == "causal"
+    encoder, pad, device = Encoder(tokenizer, config.tokenize), pad_token_id(tokenizer), _device(model)
+    prompts, _ = encoder.sources(sources)
+    cands, _ = encoder.targets(candidates)
+    rows = [(p, c) for p in prompts for c in cands]  # example-major: row i*K + j
+    scores = []
+    for lo, hi in _chunks(len(rows), config.batch_size):
+        chunk = rows[lo:hi]
+        if causal:
+            ids = [p + c for p, c in chunk]
+            input_ids = pad_sequences(ids, pad, "right", config.pad_to_length).to(device)
+            length = input_ids.shape[1]
+            mask = pad_sequences([[1] * len(s) for s in ids], 0, "right", length).to(device)
+            labels = pad_sequences([[IGNORE_INDEX] * len(p) + c for p, c in chunk], IGNORE_INDEX, "right", length).to(device)
+            logits = model(input_ids=input_ids, attention_mask=mask).logits[:, -length:]
+            scores.append(_summed_logprob(logits[:, :-1], labels[:, 1:]))
+        else:
+            src = [p for p, _ in chunk]
+            input_ids = pad_sequences(src, pad, "right", config.pad_to_length).to(device)
+            mask = pad_sequences([[1] * len(s) for s in src], 0, "right", input_ids.shape[1]).to(device)
+            labels = pad_sequences([c for _, c in chunk], IGNORE_INDEX, "right").to(device)
+            logits = model(input_ids=input_ids, attention_mask=mask, labels=labels).logits
+            scores.append(_summed_logprob(logits, labels))
+    return torch.cat(scores).view(len(prompts), len(cands)).cpu()
+
+
+def predict_rank(model, tokenizer, sources: Sequence[str], label_strings: Sequence[str], config: EvalConfig) -> list[str]:
+    """Rank classification: the label string with the highest summed log-likelihood per source."""
+    best = score_candidates(model, tokenizer, sources, label_strings, config).argmax(-1)
+    return [label_strings[i] for i in best.tolist()]
+
+
+def evaluate(model, tokenizer, task: Task, dataset, config: EvalConfig) -> EvalResult:
+    """Predict every row of a formatted split (``Task.get_split``) and score it with the task metrics."""
+    if config.eval_mode == "rank" and not task.label_strings:
+        raise ValueError(
+            f"eval_mode='rank' needs label strings, but task {task.name!r} ({task.task_type}) has none; "
+            "use eval_mode='generate'"
+        )
+    sources = list(dataset["source"])
+    references = list(dataset["answers"]) if task.task_type == "generation" else list(dataset["target"])
+    groups = list(dataset["group"]) if "group" in dataset.column_names else None
+    if groups is not None and all(g < 0 for g in groups):
+        groups = None
+    was_training = getattr(model, "training", False)
+    model.eval()
+    try:
+        if config.eval_mode == "rank":
+            predictions = predict_rank(model, tokenizer, sources, task.label_strings, config)
+        else:
+            predictions = predict_generate(model, tokenizer, sources, config, config.max_new_tokens or task.max_new_tokens)
+    finally:
+        model.train(was_training)
+    metrics = task.compute_metrics(predictions, references, groups)
+    return EvalResult(metrics, task.primary_metric, predictions, references, sources)
