@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import AdeptConfig
-from .layers import SoftPrompt, gathered
+from .layers import SoftPrompt, TokenOffsetFFN, gathered
 from .model import AdeptModel
 
 FOLDED_CONFIG_NAME = "adept_folded.json"
@@ -40,15 +40,19 @@ def folded_embedding_table(model: AdeptModel) -> torch.Tensor:
         raise ValueError(f"only ADePT can be folded (method={model.config.method!r}): DePT's offset depends on "
                          "the position and prompt tuning has no offset to fold.")
     table = model.base_model.get_input_embeddings().weight
-    ffn = copy.deepcopy(model.ffn).float().eval()
     with gathered([table, *model.ffn.parameters()], modifier_rank=None):
-        ffn.load_state_dict({k: v.float() for k, v in model.ffn.state_dict().items()})
+        weights = {name: p.detach().float().clone() for name, p in model.ffn.named_parameters()}
+        ffn = TokenOffsetFFN(*weights["w1"].shape, dropout=0.0)  # fp32 copy, dropout off (eval semantics)
+        ffn.load_state_dict(weights)
         rows = [chunk.float() + ffn(chunk.float()) for chunk in table.split(_ROWS_PER_CHUNK)]
         return torch.cat(rows).to(table.dtype)
 
 
 def fold_adept(model: AdeptModel) -> FoldedAdeptModel:
     """A copy of the backbone whose input embedding table is E' = E + FFN(E), plus the soft prompt."""
+    if any(hasattr(p, "ds_id") for p in model.base_model.parameters()):
+        raise ValueError("fold() needs an unsharded backbone, but DeepSpeed ZeRO-3 has partitioned this one: "
+                         "save the adapter, load it onto a plain backbone with AdeptModel.from_pretrained, then fold.")
     new_table = folded_embedding_table(model)
     backbone = copy.deepcopy(model.base_model)
     _install_input_table(backbone, new_table)

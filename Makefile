@@ -1,0 +1,36 @@
+# Two commands matter (see README): `make demo` and `make test`. Everything installs into .venv.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+# CPU installs pin torch to the local CPU wheel; GPU machines run `make install CONSTRAINTS=` (or pip directly).
+CONSTRAINTS ?= constraints-cpu.txt
+PIP_C   := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
+
+.PHONY: venv install demo test test-fast lint clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+venv: $(BIN)/python
+
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(BIN)/pip install -q $(PIP_C) -e ".[demo,dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+# The embedded default: real SmolLM2-135M-Instruct + movie-sentiment, fully offline after the first fetch.
+demo: install
+	$(BIN)/python jobs/demo_adept.py
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check adept pipeline jobs tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

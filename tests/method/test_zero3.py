@@ -1,0 +1,21 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_adapter_under_deepspeed_zero3():
+    """Prompt init, training, saving and the folded table all see gathered weights under ZeRO-3."""
+    worker = Path(__file__).with_name("zero3_worker.py")
+    proc = subprocess.run([sys.executable, str(worker)], capture_output=True, text=True, timeout=300)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    result = json.loads(lines[-1].removeprefix("RESULT "))
+    assert result["partitioned"]
+    assert result["prompt_init_matches_unsharded"]
+    assert result["losses"][-1] < result["losses"][0]
+    assert result["saved_shapes"] == {"prompt.weight": [4, 32], "ffn.w1": [32, 3], "ffn.b1": [3], "ffn.w2": [3, 32],
+                                      "ffn.b2": [32]}
+    assert result["folded_table_shape"] == [37, 32]
+    assert result["fold_refused"]
+    assert result["reload_matches"]

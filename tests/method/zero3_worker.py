@@ -1,0 +1,60 @@
+"""Run by test_zero3.py in its own process: ADePT inside a DeepSpeed ZeRO-3 engine (1 rank, gloo, CPU).
+
+Prints one JSON line with what the test checks.
+"""
+
+import importlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.update(DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+os.environ.setdefault("MASTER_PORT", "29531")
+sys.path.insert(0, str(Path(__file__).parents[1]))
+
+import deepspeed  # noqa: E402
+import torch  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+from adept import AdeptConfig, AdeptModel, get_adept_model  # noqa: E402
+from adept.fold import folded_embedding_table  # noqa: E402
+from tiny import tiny_llama, tiny_tokenizer  # noqa: E402
+
+importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None  # skip the shm JIT build
+deepspeed.init_distributed(dist_backend="gloo")
+
+tok = tiny_tokenizer()
+config = dict(num_virtual_tokens=4, ffn_hidden_size=3)
+reference = get_adept_model(tiny_llama(), AdeptConfig(**config), tok)
+ds_config = {"train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": 3},
+             "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "torch_adam": True}}}
+base = tiny_llama()
+deepspeed.zero.Init(module=base, config_dict_or_path=ds_config)  # partition the backbone: shapes become [0]
+result = {"partitioned": tuple(base.get_input_embeddings().weight.shape) == (0,)}
+model = get_adept_model(base, AdeptConfig(**config), tok)  # text init reads the partitioned vocabulary
+result["prompt_init_matches_unsharded"] = torch.equal(model.prompt.weight, reference.prompt.weight)
+engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
+                                  config=ds_config)
+batch = tok(["good movie", "bad film"], return_tensors="pt", padding=True)
+losses = []
+for _ in range(4):
+    loss = engine(**batch, labels=batch["input_ids"]).loss
+    engine.backward(loss)
+    engine.step()
+    losses.append(loss.item())
+result["losses"] = losses
+out = Path(tempfile.mkdtemp())
+engine.module.save_pretrained(out)
+saved = load_file(str(out / "adapter_model.safetensors"))
+result["saved_shapes"] = {k: list(v.shape) for k, v in saved.items()}
+result["folded_table_shape"] = list(folded_embedding_table(engine.module).shape)
+try:
+    engine.module.fold()
+    result["fold_refused"] = False
+except ValueError:
+    result["fold_refused"] = True
+plain = AdeptModel.from_pretrained(tiny_llama(), out)
+result["reload_matches"] = all(torch.equal(saved[n], p) for n, p in plain.adapter_named_parameters())
+print("RESULT " + json.dumps(result))
