@@ -5,9 +5,8 @@ import dataclasses
 import datasets
 import pytest
 
-from pipeline.tasks import Task, get_task, list_tasks, register_task
 from pipeline.tasks import base as task_base
-from pipeline.tasks import mrqa
+from pipeline.tasks import get_task, list_tasks, mrqa, register_task
 
 
 def test_names_are_lower_case_and_include_the_documented_ones():
