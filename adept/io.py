@@ -41,10 +41,15 @@ def adapter_state_dict(model: AdeptModel) -> dict[str, torch.Tensor]:
         return {name: p.detach().cpu().clone().contiguous() for name, p in named}
 
 
-def save_adapter(model: AdeptModel, path: str | Path) -> None:
+def save_adapter(model: AdeptModel, path: str | Path, state: dict[str, torch.Tensor] | None = None) -> None:
+    """Write the adapter files; `state` (from `adapter_state_dict`) replaces the model's live tensors.
+
+    Passing `state` lets one rank write while the others do not participate: under ZeRO-3 gathering
+    the live tensors is a collective call that every rank must make.
+    """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    state = adapter_state_dict(model)
+    state = adapter_state_dict(model) if state is None else state
     base_cfg = model.base_model.config
     meta = {
         "format": FORMAT,
@@ -157,7 +162,12 @@ def _read_official(path: Path, meta: dict) -> tuple[AdeptConfig, dict[str, torch
     return config, state
 
 
-def _copy_into(model: AdeptModel, state: dict[str, torch.Tensor], path: Path) -> None:
+def load_adapter_state_dict(model: AdeptModel, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
+    """Copy adapter tensors (as returned by `adapter_state_dict`) into an existing model, in place."""
+    _copy_into(model, state, source)
+
+
+def _copy_into(model: AdeptModel, state: dict[str, torch.Tensor], path: Path | str) -> None:
     params = dict(model.adapter_named_parameters())
     missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
     if missing or unexpected:

@@ -1,0 +1,191 @@
+"""`TrainConfig`: the one run configuration that flows from a job to every Ray worker.
+
+Loaded from YAML (`configs/*.yaml`) plus `key=value` overrides; every check that can fail is done in
+`__post_init__` or `validate_environment`, before Ray starts a single worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from adept.config import METHODS, PROMPT_INITS
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+EVAL_MODES = ("rank", "generate")
+
+
+@dataclass
+class TrainConfig:
+    """One ADePT / DePT / prompt-tuning fit. Field names are the YAML keys and `--set` keys."""
+
+    # what to train
+    method: str = "adept"
+    task: str = "movie-sentiment"  # registry name, or the path of a custom-task YAML
+    backbone: str = "smollm2-135m"  # HF id, local folder, or an offline alias (pipeline.backbones)
+    dtype: str = "float32"  # backbone weights: float32 | bfloat16 | float16
+    trust_remote_code: bool = False
+    label_strings: list[str] | None = None  # verbalizer override, e.g. ["no", "yes"] for a causal LM
+    # the adapter
+    num_virtual_tokens: int = 60
+    r: int | None = None  # ADePT FFN hidden size / DePT rank; None with `budget` set derives it
+    budget: int | None = None  # prompt-tuning budget M: keep trainable params <= M·d
+    prompt_init: str = "text"
+    prompt_init_text: str | None = None
+    ffn_dropout: float = 0.1
+    # data and evaluation
+    max_source_length: int = 256
+    max_target_length: int = 16
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+    eval_mode: str = "rank"  # rank classification, or greedy generation of the label string
+    eval_batch_size: int = 32
+    # optimisation (paper: AdamW eps 1e-6, two lrs, linear warmup 500 then linear decay, clip 1.0)
+    prompt_lr: float = 0.3
+    offset_lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 500
+    max_steps: int = 30_000
+    batch_size: int = 32  # global: micro batch × workers × grad_accum
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0
+    eval_steps: int = 1000
+    log_steps: int = 50
+    # distribution
+    num_workers: int = 1
+    use_gpu: bool = False
+    deepspeed: bool = True
+    zero_stage: int = 2
+    offload: bool = False
+    precision: str = "fp32"
+    # bookkeeping
+    name: str | None = None  # Ray Train run name; re-running the same name resumes it
+    storage_path: str = "ray_results"
+    max_failures: int = 0
+    num_checkpoints_to_keep: int = 2
+    mlflow_uri: str | None = None  # default: $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db
+    experiment: str = "adept"
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        _one_of("method", self.method, METHODS)
+        _one_of("prompt_init", self.prompt_init, PROMPT_INITS)
+        _one_of("precision", self.precision, PRECISIONS)
+        _one_of("eval_mode", self.eval_mode, EVAL_MODES)
+        _one_of("dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        for name in ("max_steps", "batch_size", "grad_accum", "eval_steps", "log_steps", "num_workers",
+                     "max_source_length", "max_target_length", "eval_batch_size", "num_checkpoints_to_keep"):
+            _positive_int(name, getattr(self, name))
+        for name in ("prompt_lr", "offset_lr", "max_grad_norm"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be > 0.")
+        if self.warmup_steps < 0 or self.weight_decay < 0 or self.max_failures < 0:
+            raise ValueError("warmup_steps, weight_decay and max_failures must be >= 0.")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"zero_stage={self.zero_stage!r}: DeepSpeed ZeRO stages are 0, 1, 2, 3.")
+        if self.offload and (not self.deepspeed or self.zero_stage == 0):
+            raise ValueError("offload=true needs deepspeed=true and zero_stage >= 1.")
+        if self.precision == "fp16" and not self.use_gpu:
+            raise ValueError("precision='fp16' is not supported on CPU; use 'bf16' or 'fp32', or set use_gpu=true.")
+        per_step = self.num_workers * self.grad_accum
+        if self.batch_size % per_step:
+            raise ValueError(
+                f"batch_size={self.batch_size} is not divisible by num_workers × grad_accum = {self.num_workers} × "
+                f"{self.grad_accum}; choose a multiple of {per_step}."
+            )
+        if self.method == "prompt":
+            if self.r is not None or self.budget is not None:
+                raise ValueError("method='prompt' has no r; remove r/budget (the prompt length is num_virtual_tokens).")
+        elif (self.r is None) == (self.budget is None):
+            raise ValueError(f"method={self.method!r} needs exactly one of r (e.g. r=19) or budget (e.g. budget=100).")
+        if self.num_virtual_tokens < (1 if self.method == "prompt" else 0):
+            raise ValueError(f"num_virtual_tokens={self.num_virtual_tokens} is too small for method {self.method!r}.")
+        if self.eval_steps > self.max_steps:
+            raise ValueError(f"eval_steps={self.eval_steps} > max_steps={self.max_steps}: the run would never evaluate.")
+        if self.name is not None and not re.fullmatch(r"[A-Za-z0-9._-]+", self.name):
+            raise ValueError(f"name={self.name!r}: use letters, digits, '.', '_' and '-' only.")
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def micro_batch_size(self) -> int:
+        return self.batch_size // (self.num_workers * self.grad_accum)
+
+    @property
+    def run_name(self) -> str:
+        backbone = Path(self.backbone.rstrip("/")).name.replace("/", "-")
+        task = Path(self.task).stem if self.task.endswith((".yaml", ".yml")) else self.task
+        return self.name or f"{self.method}-{task}-{backbone}-m{self.num_virtual_tokens}-s{self.seed}"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            hint = {u: _closest(u, known) for u in unknown}
+            raise ValueError(f"unknown config key(s) {unknown} (did you mean {hint}?); see pipeline/config.py.")
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        return cls(**{k: _coerce(k, v, types[k]) for k, v in data.items()})
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+        """YAML file (optional) + `key=value` overrides (values parsed as YAML: 3e-1, true, [a, b])."""
+        data: dict[str, Any] = {}
+        if path is not None:
+            path = Path(path)
+            if not path.is_file():
+                raise FileNotFoundError(f"config file {str(path)!r} does not exist.")
+            data = yaml.safe_load(path.read_text()) or {}
+            if not isinstance(data, dict):
+                raise ValueError(f"config file {str(path)!r} must hold a mapping of keys to values.")
+        for item in overrides or []:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"override {item!r} is not of the form key=value.")
+            data[key.strip()] = yaml.safe_load(value)
+        return cls.from_dict(data)
+
+
+def _one_of(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not allowed; use one of {allowed}.")
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}={value!r} must be an integer >= 1.")
+
+
+def _closest(word: str, known: set[str]) -> str | None:
+    import difflib
+
+    hits = difflib.get_close_matches(word, sorted(known), n=1)
+    return hits[0] if hits else None
+
+
+def _coerce(key: str, value: Any, annotation: str) -> Any:
+    """YAML gives 3e-1 as a string and 1 as an int where a float is meant: fix the obvious cases."""
+    if value is None:
+        return None
+    if annotation.startswith("float") and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError as err:
+            raise ValueError(f"{key}={value!r} must be a number.") from err
+    if annotation.startswith("int") and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if annotation.startswith("bool") and not isinstance(value, bool):
+        raise ValueError(f"{key}={value!r} must be true or false.")
+    return value

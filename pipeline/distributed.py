@@ -1,0 +1,75 @@
+"""What every rank must do in lockstep: the same batches per epoch, sums across ranks, sharded evaluation."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+
+from pipeline.evaluation import EvalResult, predict_generate, predict_rank
+
+
+def epoch_batches(n: int, epoch: int, rank: int, world: int, micro: int, seed: int) -> list[list[int]]:
+    """This rank's micro-batches of row indices for `epoch`: a seeded shuffle, an equal contiguous share per
+    rank, whole batches only (every rank runs the same number of steps, which DDP and ZeRO need)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+    share = n // world
+    mine = order[rank * share:(rank + 1) * share]
+    return [mine[i:i + micro] for i in range(0, share - micro + 1, micro)]
+
+
+def reduce_sums(values: list[float]) -> list[float]:
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [float(v) for v in values]
+    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+class _SyncedGenerate:
+    """ZeRO-3: a rank that finishes generating early must keep joining the others' forward passes."""
+
+    def __init__(self, model):
+        self._model = model
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def __call__(self, *args, **kwargs):
+        return self._model(*args, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        return self._model.generate(*args, synced_gpus=True, **kwargs)
+
+
+@torch.no_grad()
+def distributed_evaluate(model, tokenizer, task, dataset, config, rank: int, world: int,
+                         synced_generate: bool = False) -> EvalResult:
+    """Each rank predicts an equal-sized shard (the last ones padded), predictions are gathered, every
+    rank scores the full split. Equal shards keep ZeRO-3's per-forward collectives in step."""
+    n = len(dataset)
+    per = math.ceil(n / world)
+    real = [max(0, min(n, (k + 1) * per) - k * per) for k in range(world)]
+    indices = list(range(rank * per, rank * per + real[rank])) + [n - 1] * (per - real[rank])
+    sources = list(dataset.select(indices)["source"])
+    runner = _SyncedGenerate(model) if synced_generate and world > 1 else model
+    was_training = model.training
+    model.eval()
+    try:
+        if config.eval_mode == "rank":
+            predictions = predict_rank(runner, tokenizer, sources, task.label_strings, config)
+        else:
+            predictions = predict_generate(runner, tokenizer, sources, config, config.max_new_tokens or task.max_new_tokens)
+    finally:
+        model.train(was_training)
+    if world > 1:
+        shards: list = [None] * world
+        dist.all_gather_object(shards, predictions)
+        predictions = [p for k, shard in enumerate(shards) for p in shard[:real[k]]]
+    references = list(dataset["answers"]) if task.task_type == "generation" else list(dataset["target"])
+    groups = list(dataset["group"]) if "group" in dataset.column_names else None
+    if groups is not None and all(g < 0 for g in groups):
+        groups = None
+    metrics = task.compute_metrics(predictions, references, groups)
+    return EvalResult(metrics, task.primary_metric, predictions, references, list(dataset["source"]))

@@ -1,0 +1,77 @@
+"""Worker-side setup: the wrapped backbone and the task data, built the same way on every rank."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import datasets
+import torch
+
+from adept import AdeptConfig, AdeptModel, get_adept_model
+from adept.config import DEFAULT_INIT_TEXT
+from pipeline.backbones import load_backbone
+from pipeline.config import TrainConfig
+from pipeline.data import TokenizeConfig, fixed_length, make_collator, tokenize_dataset
+from pipeline.evaluation import EvalConfig
+from pipeline.tasks import Task, get_task
+
+
+def tokenize_config(cfg: TrainConfig, kind: str) -> TokenizeConfig:
+    return TokenizeConfig(backbone=kind, max_source_length=cfg.max_source_length,
+                          max_target_length=cfg.max_target_length)
+
+
+def adept_config(cfg: TrainConfig, r: int | None, kind: str) -> AdeptConfig:
+    """The method's config from the run config; DePT's s is the longest input the tokenizer can emit."""
+    return AdeptConfig(
+        method=cfg.method,
+        num_virtual_tokens=cfg.num_virtual_tokens,
+        ffn_hidden_size=r if cfg.method == "adept" else None,
+        ffn_dropout=cfg.ffn_dropout,
+        rank=r if cfg.method == "dept" else None,
+        max_length=fixed_length(tokenize_config(cfg, kind)) if cfg.method == "dept" else None,
+        prompt_init=cfg.prompt_init,
+        prompt_init_text=cfg.prompt_init_text or DEFAULT_INIT_TEXT,
+        base_model_name_or_path=cfg.backbone,
+        seed=cfg.seed,
+    )
+
+
+def build_model(cfg: TrainConfig, r: int | None, device: torch.device):
+    """(AdeptModel on `device`, tokenizer, kind) with the backbone frozen."""
+    base, tokenizer, kind = load_backbone(cfg.backbone, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    model = get_adept_model(base.to(device), adept_config(cfg, r, kind), tokenizer)
+    return model, tokenizer, kind
+
+
+def resolve_task(cfg: TrainConfig) -> Task:
+    task = get_task(cfg.task)
+    return task.with_label_strings(cfg.label_strings) if cfg.label_strings else task
+
+
+@dataclass
+class TaskData:
+    task: Task
+    train: datasets.Dataset  # columns input_ids, labels
+    validation: datasets.Dataset  # formatted rows (source, target, answers, group)
+    test: datasets.Dataset
+    collate: Callable
+    eval_config: EvalConfig
+
+
+def build_data(cfg: TrainConfig, tokenizer, kind: str, model: AdeptModel, log: bool = False) -> TaskData:
+    task = resolve_task(cfg)
+    tok_cfg = tokenize_config(cfg, kind)
+    pad_to = model.config.max_length if model.config.method == "dept" else None
+    train = task.get_split("train", max_examples=cfg.max_train_examples)
+    train, report = tokenize_dataset(train, tokenizer, tok_cfg, "train")
+    if log:
+        print(f"[adept] {task.name}: {report.message()}")
+    validation = task.get_split("validation", max_examples=cfg.max_eval_examples)
+    test = task.get_split("test", max_examples=cfg.max_eval_examples)
+    eval_config = EvalConfig(tokenize=tok_cfg, eval_mode=cfg.eval_mode, batch_size=cfg.eval_batch_size,
+                             pad_to_length=pad_to)
+    train = train.select_columns(["input_ids", "labels"])
+    return TaskData(task, train, validation, test, make_collator(tokenizer, tok_cfg, pad_to_length=pad_to),
+                    eval_config)
