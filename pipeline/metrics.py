@@ -10,7 +10,9 @@ name           definition                                                   used
 accuracy       share of predictions equal to the reference class            most classifiers
 f1             binary F1 of class 1; an invalid prediction is replaced by   MRPC, QQP, MultiRC
                the wrong class (T5 ``f1_score_with_invalid``)
-macro_f1       unweighted mean F1 over all classes                          CB
+macro_f1       unweighted mean F1 over all classes (a class absent from     CB
+               both references and predictions counts as F1 0, as sklearn
+               with ``labels=range(k)`` in the reference)
 mcc            Matthews correlation; invalid → wrong class                  CoLA
 pearson        Pearson r of parsed floats (unparsable → -1.0, as T5)        STS-B
 spearman       Spearman ρ of parsed floats                                  STS-B

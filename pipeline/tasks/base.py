@@ -28,7 +28,7 @@ Split protocols (DePT ``src/tasks.py``; every shuffle is ``torch.randperm`` seed
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,6 +166,11 @@ class Task:
         bad = [m for m in self.metrics if m not in allowed]
         if bad:
             raise ValueError(f"Task {self.name}: metrics {bad} do not fit a {self.task_type} task; choose from {allowed}")
+        if any(m in self.metrics for m in ("f1", "mcc")) and len(self.label_strings) != 2:
+            raise ValueError(
+                f"Task {self.name}: metrics 'f1' and 'mcc' are binary, but there are {len(self.label_strings)} "
+                "label strings; use 'macro_f1' / 'accuracy' for more classes"
+            )
         if self.task_type == "classification" and len(self.label_strings) < 2:
             raise ValueError(f"Task {self.name}: a classification task needs >= 2 label_strings, got {self.label_strings}")
         if len(set(self.label_strings)) != len(self.label_strings) or any(not s.strip() for s in self.label_strings):
@@ -289,7 +294,9 @@ class Task:
         return datasets.DatasetDict({s: self.get_split(s, raw, max_examples) for s in SPLITS})
 
     # ------------------------------------------------------------------ scoring
-    def compute_metrics(self, predictions, references, groups=None) -> dict[str, float]:
+    def compute_metrics(
+        self, predictions: Sequence[str], references: Sequence, groups: Sequence[int] | None = None
+    ) -> dict[str, float]:
         """Score predicted strings against references (strings, or lists of gold strings for QA).
 
         ``groups`` (one int per example) is needed by MultiRC's ``multirc_em``.

@@ -65,6 +65,8 @@ class CustomTaskSpec:
     base_dir: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.input_columns, str):
+            self.input_columns = [self.input_columns]
         if self.task_type not in TASK_TYPES:
             raise ValueError(f"custom task {self.name!r}: task_type={self.task_type!r}; choose one of {TASK_TYPES}")
         if not self.input_columns:
@@ -75,6 +77,12 @@ class CustomTaskSpec:
             raise ValueError(f"custom task {self.name!r}: verbalizer only applies to task_type=classification")
         if self.verbalizer is not None and len(self.verbalizer) < 2:
             raise ValueError(f"custom task {self.name!r}: verbalizer needs at least 2 labels, got {self.verbalizer}")
+        for key, value in (self.verbalizer or {}).items():
+            if not isinstance(value, str):  # YAML reads unquoted yes/no/true as booleans
+                raise ValueError(
+                    f"custom task {self.name!r}: verbalizer value for {key!r} is {value!r} ({type(value).__name__}), "
+                    "not a string; quote it in YAML, e.g. 1: \"yes\""
+                )
         for key in ("train", "validation", "test"):
             path = self.path(key)
             if path is not None and not path.is_file():

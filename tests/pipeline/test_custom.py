@@ -120,11 +120,21 @@ def test_non_numeric_regression_target(tmp_path):
         ({"split_protocol": "large"}, ValueError, "split_protocol='large' needs files for \\['train', 'validation'\\]"),
         ({"metrics": ["squad_em"]}, ValueError, "do not fit a classification task"),
         ({"colour": "red"}, ValueError, r"unknown key\(s\) \['colour'\]"),
+        ({"verbalizer": {0: False, 1: True}}, ValueError, "verbalizer value for 0 is False \\(bool\\), not a string; quote it"),
     ],
 )
 def test_spec_errors(tmp_path, changes, error, message):
     with pytest.raises(error, match=message):
         load_custom_task(spec(tmp_path, **changes))
+
+
+def test_yaml_unquoted_yes_no_is_caught_and_single_column_accepted(tmp_path):
+    write_csv(tmp_path / "train.csv", NLI)
+    (tmp_path / "t.yaml").write_text("name: t\ntrain: train.csv\ninput_columns: premise\nlabel_column: label\nverbalizer: {0: no, 1: yes}\n")
+    with pytest.raises(ValueError, match="verbalizer value for 0 is False"):
+        get_task(str(tmp_path / "t.yaml"))
+    (tmp_path / "t.yaml").write_text("name: t\ntrain: train.csv\ninput_columns: premise\nlabel_column: label\nverbalizer: {0: 'no', 1: 'yes'}\n")
+    assert get_task(str(tmp_path / "t.yaml")).format_row(NLI[1]) == [{"source": "premise: p1", "target": "yes", "answers": ["yes"], "group": -1}]
 
 
 def test_wrong_suffix_and_required_keys(tmp_path):

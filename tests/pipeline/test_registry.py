@@ -62,6 +62,7 @@ def test_with_label_strings_changes_targets_and_metrics():
         ({"label_strings": ("0",)}, "needs >= 2 label_strings"),
         ({"label_strings": ("a", "a")}, "must be distinct"),
         ({"hub_id": None, "loader": None}, "give hub_id"),
+        ({"label_strings": ("a", "b", "c"), "metrics": ("f1",)}, "'f1' and 'mcc' are binary"),
     ],
 )
 def test_task_validation(changes, message):
