@@ -46,12 +46,13 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.backbones import BackboneError
     from pipeline.launch import fit, prepare
 
     try:
         cfg = parse_args(argv)
         run = prepare(cfg)  # every check before Ray starts
-    except (ValueError, FileNotFoundError, PermissionError, ConnectionError) as err:
+    except (ValueError, KeyError, OSError, BackboneError) as err:  # OSError covers missing files, ConnectionError
         print(f"error: {err}", file=sys.stderr)
         return 2
     cfg = run.config

@@ -43,6 +43,7 @@ class TrainState:
     best_score: float | None = None
     best_step: int | None = None
     history: list[dict] = field(default_factory=list)
+    resumed_at: list[int] = field(default_factory=list)  # steps this run restarted from
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -70,6 +71,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if checkpoint:
         with checkpoint.as_directory() as ckpt_dir:
             state, best_state = _restore(engine, Path(ckpt_dir))
+        state.resumed_at.append(state.step)
         if rank == 0:
             print(f"[adept] resumed at step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})")
 
