@@ -21,7 +21,7 @@ install: $(VENV)/.installed
 
 # The embedded default: real SmolLM2-135M-Instruct + movie-sentiment, fully offline after the first fetch.
 demo: install
-	$(BIN)/python jobs/demo_adept.py
+	$(BIN)/python jobs/train_adept.py --config configs/offline_default.yaml
 
 test: install
 	$(BIN)/python -m pytest -q
