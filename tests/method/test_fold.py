@@ -1,10 +1,10 @@
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
+from wrapped import inputs, make_model
 
 from adept import FoldedAdeptModel
 from adept.fold import folded_embedding_table
-from wrapped import inputs, make_model
 
 BACKBONES = ["t5", "llama", "llama_tied"]
 

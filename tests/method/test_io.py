@@ -3,11 +3,11 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tiny import tiny_llama, tiny_t5
+from wrapped import BACKBONES, METHOD_CONFIGS, inputs, make_model
 
 from adept import AdeptModel
 from adept.io import CONFIG_NAME, WEIGHTS_NAME
-from tiny import tiny_llama, tiny_t5
-from wrapped import BACKBONES, METHOD_CONFIGS, inputs, make_model
 
 MATRIX = [(b, m) for b in BACKBONES for m in METHOD_CONFIGS]
 

@@ -1,9 +1,9 @@
 import pytest
 import torch
+from wrapped import BACKBONES, METHOD_CONFIGS, inputs, make_model
 
 from adept import AdeptConfig, get_adept_model
 from adept.model import IGNORE_INDEX
-from wrapped import BACKBONES, METHOD_CONFIGS, inputs, make_model
 
 MATRIX = [(b, m) for b in BACKBONES for m in METHOD_CONFIGS]
 

@@ -1,9 +1,9 @@
 """Wrapped tiny backbones for the adept tests: every backbone kind × every method."""
 
 import torch
+from tiny import batch, tiny_llama, tiny_t5
 
 from adept import AdeptConfig, get_adept_model
-from tiny import batch, tiny_llama, tiny_t5
 
 BACKBONES = {"t5": tiny_t5, "llama": tiny_llama, "llama_tied": lambda: tiny_llama(tie=True)}
 METHOD_CONFIGS = {

@@ -17,10 +17,10 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 import deepspeed  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
+from tiny import tiny_llama, tiny_tokenizer  # noqa: E402
 
 from adept import AdeptConfig, AdeptModel, get_adept_model  # noqa: E402
 from adept.fold import folded_embedding_table  # noqa: E402
-from tiny import tiny_llama, tiny_tokenizer  # noqa: E402
 
 importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None  # skip the shm JIT build
 deepspeed.init_distributed(dist_backend="gloo")

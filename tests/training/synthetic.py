@@ -7,7 +7,6 @@ import random
 from pathlib import Path
 
 import yaml
-
 from tiny import tiny_llama, tiny_tokenizer
 
 POSITIVE, NEGATIVE, NEUTRAL = ["good", "great"], ["bad", "awful"], ["movie", "film", "plot", "acting", "the", "a"]
