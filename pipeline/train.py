@@ -94,7 +94,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 _log_training(cfg, state, engine, window, logger, rank)
             if state.step % cfg.eval_steps == 0 or state.step == cfg.max_steps:
                 best_state = _validate_and_checkpoint(cfg, state, engine, data, tokenizer, logger, best_state,
-                                                      rank, world, loop_config)
+                                                      rank, world, window.get("last", {}))
             if state.step >= cfg.max_steps:
                 break
         else:
@@ -126,6 +126,7 @@ def _log_training(cfg, state, engine, window, logger, rank) -> None:
     values = {"train_loss": loss_sum / max(micro, 1), "tokens_per_s": tokens / seconds,
               "samples_per_s": samples / seconds, **{f"lr_{k}": v for k, v in lrs.items()}}
     logger.metrics(values, step=state.step)
+    window["last"] = values  # also sent to Ray with the next evaluation report
     if rank == 0:
         lr_text = " ".join(f"lr_{k} {v:.2e}" for k, v in lrs.items())
         print(f"[adept] step {state.step}/{cfg.max_steps} loss {values['train_loss']:.4f} {lr_text} "
@@ -133,7 +134,7 @@ def _log_training(cfg, state, engine, window, logger, rank) -> None:
     window.update(loss=0.0, micro=0, tokens=0, samples=0, t0=time.perf_counter())
 
 
-def _validate_and_checkpoint(cfg, state, engine, data, tokenizer, logger, best_state, rank, world, loop_config):
+def _validate_and_checkpoint(cfg, state, engine, data, tokenizer, logger, best_state, rank, world, train_metrics):
     result = distributed_evaluate(engine.module, tokenizer, data.task, data.validation, data.eval_config, rank,
                                   world, synced_generate=cfg.deepspeed and cfg.zero_stage == 3)
     improved = state.best_score is None or result.score > state.best_score
@@ -144,7 +145,7 @@ def _validate_and_checkpoint(cfg, state, engine, data, tokenizer, logger, best_s
     best_metrics = result.metrics if improved else state.history[-1]["best_metrics"]
     state.history.append({"step": state.step, "metrics": result.metrics, "best_metrics": best_metrics})
     metrics = {"step": state.step, **{f"val_{k}": v for k, v in result.metrics.items()},
-               "val_best": state.best_score, "best_step": state.best_step}
+               "val_best": state.best_score, "best_step": state.best_step, **train_metrics}
     logger.metrics({k: v for k, v in metrics.items() if k.startswith("val_")}, step=state.step)
     if rank == 0:
         print(f"[adept] step {state.step} validation {result.metrics} (best {data.task.primary_metric} "
