@@ -24,7 +24,8 @@ demo: install
 	$(BIN)/python jobs/train_adept.py --config configs/offline_default.yaml
 
 test: install
-	$(BIN)/python -m pytest -q
+	@status=0; $(BIN)/python -m pytest -q || status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests (exit 5): failing" >&2; fi; exit $$status
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
