@@ -7,7 +7,7 @@ import math
 import torch
 import torch.distributed as dist
 
-from pipeline.evaluation import EvalResult, predict_generate, predict_rank
+from pipeline.evaluation import EvalResult, predict, score
 
 
 def epoch_batches(n: int, epoch: int, rank: int, world: int, micro: int, seed: int) -> list[list[int]]:
@@ -54,22 +54,9 @@ def distributed_evaluate(model, tokenizer, task, dataset, config, rank: int, wor
     indices = list(range(rank * per, rank * per + real[rank])) + [n - 1] * (per - real[rank])
     sources = list(dataset.select(indices)["source"])
     runner = _SyncedGenerate(model) if synced_generate and world > 1 else model
-    was_training = model.training
-    model.eval()
-    try:
-        if config.eval_mode == "rank":
-            predictions = predict_rank(runner, tokenizer, sources, task.label_strings, config)
-        else:
-            predictions = predict_generate(runner, tokenizer, sources, config, config.max_new_tokens or task.max_new_tokens)
-    finally:
-        model.train(was_training)
+    predictions = predict(runner, tokenizer, task, sources, config)
     if world > 1:
         shards: list = [None] * world
         dist.all_gather_object(shards, predictions)
         predictions = [p for k, shard in enumerate(shards) for p in shard[:real[k]]]
-    references = list(dataset["answers"]) if task.task_type == "generation" else list(dataset["target"])
-    groups = list(dataset["group"]) if "group" in dataset.column_names else None
-    if groups is not None and all(g < 0 for g in groups):
-        groups = None
-    metrics = task.compute_metrics(predictions, references, groups)
-    return EvalResult(metrics, task.primary_metric, predictions, references, list(dataset["source"]))
+    return score(task, dataset, predictions)

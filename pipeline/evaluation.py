@@ -159,26 +159,33 @@ def predict_rank(model, tokenizer, sources: Sequence[str], label_strings: Sequen
     return [label_strings[i] for i in best.tolist()]
 
 
-def evaluate(model, tokenizer, task: Task, dataset, config: EvalConfig) -> EvalResult:
-    """Predict every row of a formatted split (``Task.get_split``) and score it with the task metrics."""
+def predict(model, tokenizer, task: Task, sources, config: EvalConfig) -> list[str]:
+    """Predictions for `sources` in ``config.eval_mode``; the model is in eval mode meanwhile."""
     if config.eval_mode == "rank" and not task.label_strings:
         raise ValueError(
             f"eval_mode='rank' needs label strings, but task {task.name!r} ({task.task_type}) has none; "
             "use eval_mode='generate'"
         )
-    sources = list(dataset["source"])
-    references = list(dataset["answers"]) if task.task_type == "generation" else list(dataset["target"])
-    groups = list(dataset["group"]) if "group" in dataset.column_names else None
-    if groups is not None and all(g < 0 for g in groups):
-        groups = None
     was_training = getattr(model, "training", False)
     model.eval()
     try:
         if config.eval_mode == "rank":
-            predictions = predict_rank(model, tokenizer, sources, task.label_strings, config)
-        else:
-            predictions = predict_generate(model, tokenizer, sources, config, config.max_new_tokens or task.max_new_tokens)
+            return predict_rank(model, tokenizer, sources, task.label_strings, config)
+        return predict_generate(model, tokenizer, sources, config, config.max_new_tokens or task.max_new_tokens)
     finally:
         model.train(was_training)
+
+
+def score(task: Task, dataset, predictions: list[str]) -> EvalResult:
+    """Score predictions for every row of a formatted split with the task metrics."""
+    references = list(dataset["answers"]) if task.task_type == "generation" else list(dataset["target"])
+    groups = list(dataset["group"]) if "group" in dataset.column_names else None
+    if groups is not None and all(g < 0 for g in groups):
+        groups = None
     metrics = task.compute_metrics(predictions, references, groups)
-    return EvalResult(metrics, task.primary_metric, predictions, references, sources)
+    return EvalResult(metrics, task.primary_metric, predictions, references, list(dataset["source"]))
+
+
+def evaluate(model, tokenizer, task: Task, dataset, config: EvalConfig) -> EvalResult:
+    """Predict every row of a formatted split (``Task.get_split``) and score it with the task metrics."""
+    return score(task, dataset, predict(model, tokenizer, task, list(dataset["source"]), config))

@@ -16,7 +16,8 @@ def test_pass_at_1_counts_programs_whose_asserts_pass():
     preds = ["def add(a, b):\n    return a + b", "def add(a, b):\n    return a - b", "def add(a, b):\n    while True: pass"]
     tests = [["assert add(1, 2) == 3"]] * 3
     isolate = network_isolation_available()
-    assert mbpp_pass_at_1(preds, tests, allow_code_execution=True, timeout_s=1, isolate_network=isolate) == pytest.approx(100 / 3)
+    # generous limit: a loaded CI machine must not time out the correct program; the infinite loop still does
+    assert mbpp_pass_at_1(preds, tests, allow_code_execution=True, timeout_s=8, isolate_network=isolate) == pytest.approx(100 / 3)
 
 
 def test_runs_in_a_temp_dir_with_a_scrubbed_environment(tmp_path, monkeypatch):
