@@ -77,6 +77,11 @@ def prepare(cfg: TrainConfig, check_mlflow: bool = True) -> PreparedRun:
 
 def init_ray(num_workers: int) -> None:
     """Connect to the cluster in RAY_ADDRESS (e.g. under `ray job submit`), else start a local one."""
+    if not os.environ.get("RAY_ADDRESS"):
+        # Read by Ray at import time, so set before `import ray`. A single-machine cluster has no reason to
+        # listen beyond loopback (Ray binds every interface by default); report() latency 2 s -> 0.1 s.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
     import ray
 
     if ray.is_initialized():
@@ -84,9 +89,6 @@ def init_ray(num_workers: int) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
         return
-    # A single-machine cluster has no reason to listen beyond loopback (Ray binds every interface by default).
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")  # report() latency 2 s -> 0.1 s
     ray.init(num_cpus=max(os.cpu_count() or 1, num_workers + 1), include_dashboard=True,
              dashboard_host="127.0.0.1", log_to_driver=True)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,6 +16,9 @@ from pipeline.config import TrainConfig
 from pipeline.data import TokenizeConfig, fixed_length, make_collator, tokenize_dataset
 from pipeline.evaluation import EvalConfig
 from pipeline.tasks import Task, get_task
+
+# Ray Train tees print() into its logger when a library wraps stdout (each line twice); log once instead.
+log = logging.getLogger("adept")
 
 
 def tokenize_config(cfg: TrainConfig, kind: str) -> TokenizeConfig:
@@ -60,14 +64,14 @@ class TaskData:
     eval_config: EvalConfig
 
 
-def build_data(cfg: TrainConfig, tokenizer, kind: str, model: AdeptModel, log: bool = False) -> TaskData:
+def build_data(cfg: TrainConfig, tokenizer, kind: str, model: AdeptModel, verbose: bool = False) -> TaskData:
     task = resolve_task(cfg)
     tok_cfg = tokenize_config(cfg, kind)
     pad_to = model.config.max_length if model.config.method == "dept" else None
     train = task.get_split("train", max_examples=cfg.max_train_examples)
     train, report = tokenize_dataset(train, tokenizer, tok_cfg, "train")
-    if log:
-        print(f"[adept] {task.name}: {report.message()}")
+    if verbose:
+        log.info(f"[adept] {task.name}: {report.message()}")
     validation = task.get_split("validation", max_examples=cfg.max_eval_examples)
     test = task.get_split("test", max_examples=cfg.max_eval_examples)
     eval_config = EvalConfig(tokenize=tok_cfg, eval_mode=cfg.eval_mode, batch_size=cfg.eval_batch_size,

@@ -11,6 +11,7 @@ Runs on every worker of a `TorchTrainer` (see `pipeline.launch`). Reads top to b
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
@@ -28,6 +29,9 @@ from pipeline.distributed import distributed_evaluate, epoch_batches, reduce_sum
 from pipeline.engine import build_engine
 from pipeline.setup import build_data, build_model
 from pipeline.tracking import RankZeroLogger
+
+# Ray Train tees print() into its logger when a library wraps stdout (each line twice); log once instead.
+log = logging.getLogger("adept")
 
 STATE_FILE = "trainer_state.json"
 FAIL_STEP_ENV = "ADEPT_TEST_FAIL_ONCE_AT_STEP"  # test hook: raise once at this step (marker file in storage)
@@ -55,7 +59,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     # ---------------------------------------------------------------- setup
     model, tokenizer, kind = build_model(cfg, loop_config["r"], device)
-    data = build_data(cfg, tokenizer, kind, model, log=rank == 0)
+    data = build_data(cfg, tokenizer, kind, model, verbose=rank == 0)
     if len(data.train) // world < cfg.micro_batch_size:
         raise ValueError(f"the train split has {len(data.train)} rows: too few for {world} workers × micro batch "
                          f"{cfg.micro_batch_size}; lower batch_size or num_workers.")
@@ -73,7 +77,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             state, best_state = _restore(engine, Path(ckpt_dir))
         state.resumed_at.append(state.step)
         if rank == 0:
-            print(f"[adept] resumed at step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})")
+            log.info(f"[adept] resumed at step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})")
 
     # ---------------------------------------------------------------- train
     window = {"loss": 0.0, "micro": 0, "tokens": 0, "samples": 0, "t0": time.perf_counter()}
@@ -111,7 +115,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     logger.metrics({k: v for k, v in final.items() if k.startswith("test_")}, step=state.step)
     logger.table(test.table(), "predictions/test.json")
     if rank == 0:
-        print(f"[adept] done: best validation {data.task.primary_metric} {state.best_score} at step "
+        log.info(f"[adept] done: best validation {data.task.primary_metric} {state.best_score} at step "
               f"{state.best_step}; test {test.metrics}")
     _report(final, engine, state, best_state, rank, logger, final=True)
     logger.close()
@@ -129,8 +133,8 @@ def _log_training(cfg, state, engine, window, logger, rank) -> None:
     window["last"] = values  # also sent to Ray with the next evaluation report
     if rank == 0:
         lr_text = " ".join(f"lr_{k} {v:.2e}" for k, v in lrs.items())
-        print(f"[adept] step {state.step}/{cfg.max_steps} loss {values['train_loss']:.4f} {lr_text} "
-              f"tok/s {values['tokens_per_s']:.0f}", flush=True)
+        log.info(f"[adept] step {state.step}/{cfg.max_steps} loss {values['train_loss']:.4f} {lr_text} "
+              f"tok/s {values['tokens_per_s']:.0f}")
     window.update(loss=0.0, micro=0, tokens=0, samples=0, t0=time.perf_counter())
 
 
@@ -148,8 +152,8 @@ def _validate_and_checkpoint(cfg, state, engine, data, tokenizer, logger, best_s
                "val_best": state.best_score, "best_step": state.best_step, **train_metrics}
     logger.metrics({k: v for k, v in metrics.items() if k.startswith("val_")}, step=state.step)
     if rank == 0:
-        print(f"[adept] step {state.step} validation {result.metrics} (best {data.task.primary_metric} "
-              f"{state.best_score:.2f} at step {state.best_step})", flush=True)
+        log.info(f"[adept] step {state.step} validation {result.metrics} (best {data.task.primary_metric} "
+              f"{state.best_score:.2f} at step {state.best_step})")
     _report(metrics, engine, state, best_state, rank, logger)
     return best_state
 
