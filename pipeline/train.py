@@ -48,6 +48,7 @@ class TrainState:
     best_step: int | None = None
     history: list[dict] = field(default_factory=list)
     resumed_at: list[int] = field(default_factory=list)  # steps this run restarted from
+    finished: bool = False  # the final (test) report was made: a re-run changes nothing
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -75,6 +76,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if checkpoint:
         with checkpoint.as_directory() as ckpt_dir:
             state, best_state = _restore(engine, Path(ckpt_dir))
+        if state.finished:
+            if rank == 0:
+                log.info(f"[adept] run already finished at step {state.step}; nothing to do")
+            logger.close()
+            return
         state.resumed_at.append(state.step)
         if rank == 0:
             log.info(f"[adept] resumed at step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})")
@@ -117,6 +123,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if rank == 0:
         log.info(f"[adept] done: best validation {data.task.primary_metric} {state.best_score} at step "
               f"{state.best_step}; test {test.metrics}")
+    state.finished = True
     _report(final, engine, state, best_state, rank, logger, final=True)
     logger.close()
 

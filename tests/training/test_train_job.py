@@ -86,16 +86,21 @@ def test_injected_failure_resumes_from_last_checkpoint(synthetic_task, tiny_back
     assert run.info.status == "FINISHED"
 
 
-def test_rerunning_a_finished_name_resumes_instead_of_overwriting(synthetic_task, tiny_backbone, tmp_path):
+def test_rerunning_a_finished_name_changes_nothing(synthetic_task, tiny_backbone, tmp_path):
     common = args(synthetic_task, tiny_backbone, tmp_path, "--num-workers", "1", "--no-deepspeed",
                   "--max-steps", "20", "--eval-steps", "10", "--name", "again")
     assert main(common) == 0
-    first = {p.name: (p / "trainer_state.json").read_text() for p in checkpoints(tmp_path, "again")}
-    assert main(common) == 0
-    after = {p.name: (p / "trainer_state.json").read_text() for p in checkpoints(tmp_path, "again")}
-    assert {k: after[k] for k in first if k in after} == {k: v for k, v in first.items() if k in after}
-    assert json.loads(after[max(after)])["step"] == 20  # nothing retrained past max_steps
+
+    def snapshot():
+        root = tmp_path / "runs" / "again"
+        return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("step_*/**/*") if p.is_file()}
+
+    first = snapshot()
+    assert json.loads(first["step_00000020_final/trainer_state.json"])["finished"]
+    assert main(common) == 0  # resumes from the final checkpoint, sees it finished, writes nothing
+    assert snapshot() == first
     _, run = only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")  # the same MLflow run, not a second one
+    assert run.info.status == "FINISHED"
 
 
 def test_real_mlflow_server(synthetic_task, tiny_backbone, tmp_path, mlflow_server):
