@@ -52,6 +52,7 @@ class TrainState:
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
+    os.environ.update(loop_config.get("env", {}))
     cfg = TrainConfig.from_dict(loop_config["train"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
