@@ -28,8 +28,11 @@ class PreparedRun:
     tracking_uri: str
 
     def loop_config(self, mlflow_run_id: str | None) -> dict:
+        # ADEPT_* settings (cache dir, test hooks) reach workers on any node, and in a local cluster
+        # that was started before they were set.
+        env = {k: v for k, v in os.environ.items() if k.startswith("ADEPT_")}
         return {"train": self.config.to_dict(), "r": self.r, "mlflow_uri": self.tracking_uri,
-                "mlflow_run_id": mlflow_run_id}
+                "mlflow_run_id": mlflow_run_id, "env": env}
 
 
 def prepare(cfg: TrainConfig, check_mlflow: bool = True) -> PreparedRun:
