@@ -1,0 +1,100 @@
+"""Markdown tables from the result rows: ratios first, absolute numbers beside them."""
+
+from __future__ import annotations
+
+
+def _span(stat: dict, fmt: str) -> str:
+    return f"{stat['median']:{fmt}} [{stat['min']:{fmt}}–{stat['max']:{fmt}}]"
+
+
+def machine_lines(meta: dict) -> list[str]:
+    mc = meta["machine"]
+    gpu = f", GPU {mc['gpu']}" if mc.get("gpu") else ""
+    load = f", 1-min load average at start {mc['load_avg_1m_at_start']}" if "load_avg_1m_at_start" in mc else ""
+    return [
+        f"Machine: {mc['cpu']}, {mc['cpus_usable']} usable CPU cores, torch.set_num_threads({mc['torch_threads']}), "
+        f"device {mc['device']}{gpu}, {mc['dtype']}; torch {mc['torch']}, transformers {mc['transformers']}, "
+        f"Python {mc['python']}, {mc['os']}{load}.",
+        f"Date: {mc['date']}. Command: `{meta['command']}`. Wall time {meta.get('wall_s', 0):.0f} s.",
+        f"Statistics: median [min–max] of {meta['reps']} (item 2: {meta['infer_reps']}) interleaved rounds after "
+        f"{meta['warmup']} warm-up call(s); a ratio is taken per round against the baseline measured in the same "
+        "round, in the same process.",
+    ]
+
+
+def train_table(rows: list[dict]) -> list[str]:
+    rows = [r for r in rows if r["item"] == "train"]
+    if not rows:
+        return []
+    mem = "peak_mem_delta_mib" in rows[0]
+    out = ["### 1. Train step (forward + backward + AdamW, two parameter groups), baseline PT m=100", "",
+           "| backbone | L | B | method | trainable params | positions | step ratio | step ms | "
+           + ("peak mem ratio | peak mem Δ MiB |" if mem else ""),
+           "|---|---|---|---|---|---|---|---|" + ("---|---|" if mem else "")]
+    for r in rows:
+        line = (f"| {r['backbone']} | {r['length']} | {r['batch']} | {r['label']} | {r['trainable_params']:,} "
+                f"(≤ {r['budget_params']:,}) | {r['positions']} | **{_span(r['ratio'], '.3f')}** | "
+                f"{_span(r['step_ms'], '.1f')} |")
+        if mem:
+            line += f" **{r['mem_ratio']:.2f}** | {r['peak_mem_delta_mib']:.1f} |"
+        out.append(line)
+    if mem:
+        out += ["", f"Peak memory: {rows[0]['mem_how']}, one fresh process per row, added by 2 steps over the "
+                "process with backbone, adapter, batch and optimiser built (activations, gradients, AdamW state)."]
+    return out
+
+
+def inference_table(rows: list[dict]) -> list[str]:
+    rows = [r for r in rows if r["item"] == "inference"]
+    if not rows:
+        return []
+    out = ["### 2. Inference (eval forward, no grad, no KV cache), baseline: backbone with m=60 prompt tokens", "",
+           "| backbone | L | B | variant | positions | latency ratio | latency ms | seq/s |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['backbone']} | {r['length']} | {r['batch']} | {r['label']} | {r['positions']} | "
+                   f"**{_span(r['ratio'], '.3f')}** | {_span(r['latency_ms'], '.2f')} | {r['seq_per_s']:.1f} |")
+    return out
+
+
+def targets_table(targets: list[dict]) -> list[str]:
+    if not targets:
+        return []
+    out = ["#### Targets (vs the backbone with m=60 tokens)", "",
+           "Overhead account = ADePT's input preparation minus the baseline's lookup of m + L ids, timed over many "
+           "interleaved rounds, as a share of the baseline forward (the backbone part is the same computation).", "",
+           "| backbone | L | variant | target | accounted ratio (overhead ms) | end-to-end ratio | A/A control | result |",
+           "|---|---|---|---|---|---|---|---|"]
+    for t in targets:
+        acc = f"{t['accounted_ratio']:.4f} ({t['overhead_ms']:.2f} ms)" if t.get("accounted_ratio") else "–"
+        ctl = _span(t["control"], ".3f") if t.get("control") else "–"
+        verdict = t["verdict"] if t["met"] else f"**{t['verdict']}**"
+        out.append(f"| {t['backbone']} | {t['length']} | {t['variant']} | ≤ {t['target']:.2f}× | {acc} | "
+                   f"{t['ratio']:.3f} [{t['ratio_min']:.3f}–{t['ratio_max']:.3f}] | {ctl} | {verdict} |")
+    return out
+
+
+def pipeline_table(rows: list[dict]) -> list[str]:
+    rows = [r for r in rows if r["item"] == "pipeline"]
+    if not rows:
+        return []
+    w = rows[0]["work"]
+    out = [f"### 3. Pipeline overhead (same work: {w['backbone']}, {w['method']}, L={w['length']}, "
+           f"B={w['batch_size']}, {w['warmup_steps']} warm-up + {w['measured_steps']} steps), baseline bare loop", "",
+           "| runner | steady step ratio | steady step ms | startup s | first step ms | tokens/s |",
+           "|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['label']} | **{r['ratio']['median']:.3f}** | {_span(r['step_ms'], '.1f')} | "
+                   f"{r['startup_s']:.2f} | {r['first_step_ms']:.1f} | {r['tokens_per_s']:.0f} |")
+    return out
+
+
+def render(result: dict) -> str:
+    parts = ["## Benchmark results", "", *machine_lines(result["meta"])]
+    for note in result["meta"].get("notes", []):
+        parts.append(f"Note: {note}")
+    for block in (train_table(result["rows"]), inference_table(result["rows"]), targets_table(result["targets"]),
+                  pipeline_table(result["rows"])):
+        if block:
+            parts += ["", *block]
+    return "\n".join(parts) + "\n"
