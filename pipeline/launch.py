@@ -26,6 +26,10 @@ class PreparedRun:
     kind: str
     trainable_params: int
     tracking_uri: str
+    # How to find the backbone again elsewhere (an alias or HF id as given, else the absolute folder),
+    # and the task's registry name (a custom task's `name`, not its YAML path): recorded as MLflow tags.
+    backbone_ref: str | None = None
+    task_name: str | None = None
 
     def loop_config(self, mlflow_run_id: str | None) -> dict:
         # ADEPT_* settings (cache dir, test hooks) reach workers on any node, and in a local cluster
@@ -38,8 +42,8 @@ class PreparedRun:
 def prepare(cfg: TrainConfig, check_mlflow: bool = True) -> PreparedRun:
     from transformers import AutoConfig
 
-    from pipeline.backbones import resolve_backbone
-    from pipeline.setup import adept_config, resolve_task, tokenize_config
+    from pipeline.backbones import ALIASES, resolve_backbone
+    from pipeline.setup import resolve_task
 
     task = resolve_task(cfg)
     if cfg.eval_mode == "rank" and not task.label_strings:
@@ -51,6 +55,7 @@ def prepare(cfg: TrainConfig, check_mlflow: bool = True) -> PreparedRun:
     backbone = resolve_backbone(cfg.backbone)
     if Path(backbone).is_dir():
         changes["backbone"] = str(Path(backbone).resolve())
+    backbone_ref = cfg.backbone if cfg.backbone in ALIASES else changes.get("backbone", cfg.backbone)
     uri = cfg.tracking_uri
     changes["mlflow_uri"] = uri
     cfg = dataclasses.replace(cfg, **changes)
@@ -59,11 +64,7 @@ def prepare(cfg: TrainConfig, check_mlflow: bool = True) -> PreparedRun:
                                            trust_remote_code=cfg.trust_remote_code)
     kind = "seq2seq" if getattr(hf_config, "is_encoder_decoder", False) else "causal"
     d = hf_config.get_text_config().hidden_size if hasattr(hf_config, "get_text_config") else hf_config.hidden_size
-    r = cfg.r
-    if cfg.budget is not None:
-        s = fixed_length(tokenize_config(cfg, kind)) if cfg.method == "dept" else None
-        r = budget_rank(cfg.method, d, cfg.num_virtual_tokens, cfg.budget, max_length=s)
-    params = adept_config(cfg, r, kind).num_trainable_params(d)  # also validates the method's settings
+    r, params = adapter_size(cfg, d, kind)
 
     storage = Path(cfg.storage_path)
     try:
@@ -75,11 +76,28 @@ def prepare(cfg: TrainConfig, check_mlflow: bool = True) -> PreparedRun:
         raise PermissionError(f"storage_path {str(storage)!r} is not writable ({err}); choose another.") from err
     if check_mlflow:
         check_tracking_server(uri)
-    return PreparedRun(cfg, r, d, kind, params, uri)
+    return PreparedRun(cfg, r, d, kind, params, uri, backbone_ref, task.name)
 
 
-def init_ray(num_workers: int) -> None:
-    """Connect to the cluster in RAY_ADDRESS (e.g. under `ray job submit`), else start a local one."""
+def adapter_size(cfg: TrainConfig, hidden_size: int, kind: str) -> tuple[int | None, int]:
+    """(r, trainable parameters) of `cfg` on a backbone of hidden size d: r derived from `budget` if set.
+
+    Raises ValueError for an impossible budget or invalid method settings (no backbone is loaded).
+    """
+    from pipeline.setup import adept_config, tokenize_config
+
+    r = cfg.r
+    if cfg.budget is not None:
+        s = fixed_length(tokenize_config(cfg, kind)) if cfg.method == "dept" else None
+        r = budget_rank(cfg.method, hidden_size, cfg.num_virtual_tokens, cfg.budget, max_length=s)
+    return r, adept_config(cfg, r, kind).num_trainable_params(hidden_size)  # also validates the settings
+
+
+def init_ray(num_workers: int, num_cpus: int | None = None) -> None:
+    """Connect to the cluster in RAY_ADDRESS (e.g. under `ray job submit`), else start a local one.
+
+    `num_cpus` sets the local cluster's logical CPUs (default: the machine's, at least num_workers + 1).
+    """
     if not os.environ.get("RAY_ADDRESS"):
         # Read by Ray at import time, so set before `import ray`. A single-machine cluster has no reason to
         # listen beyond loopback (Ray binds every interface by default); report() latency 2 s -> 0.1 s.
@@ -92,7 +110,7 @@ def init_ray(num_workers: int) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
         return
-    ray.init(num_cpus=max(os.cpu_count() or 1, num_workers + 1), include_dashboard=True,
+    ray.init(num_cpus=num_cpus or max(os.cpu_count() or 1, num_workers + 1), include_dashboard=True,
              dashboard_host="127.0.0.1", log_to_driver=True)
 
 
@@ -103,7 +121,9 @@ def cpus_per_worker(cfg: TrainConfig) -> int:
     return max(1, min(total - 1, total // cfg.num_workers)) if not cfg.use_gpu else 1
 
 
-def make_trainer(run: PreparedRun, mlflow_run_id: str | None, callbacks: list | None = None):
+def make_trainer(run: PreparedRun, mlflow_run_id: str | None, callbacks: list | None = None,
+                 worker_cpus: int | None = None):
+    """The TorchTrainer of one fit; `worker_cpus` overrides `cpus_per_worker` (sweeps running trials side by side)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -114,7 +134,7 @@ def make_trainer(run: PreparedRun, mlflow_run_id: str | None, callbacks: list | 
         train_loop_per_worker,
         train_loop_config=run.loop_config(mlflow_run_id),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker={"CPU": cpus_per_worker(cfg)}),
+                                     resources_per_worker={"CPU": worker_cpus or cpus_per_worker(cfg)}),
         run_config=RunConfig(
             name=cfg.run_name,
             storage_path=cfg.storage_path,
@@ -131,6 +151,10 @@ def mlflow_params_and_tags(run: PreparedRun) -> tuple[dict, dict]:
               "trainable_params": run.trainable_params}
     tags = {"method": cfg.method, "task": cfg.task, "backbone": cfg.backbone, "backbone_kind": run.kind,
             "trainable_params": str(run.trainable_params), "git_commit": git_commit()}
+    if run.backbone_ref:
+        tags["backbone_ref"] = run.backbone_ref
+    if run.task_name:
+        tags["task_name"] = run.task_name
     return params, tags
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 RUN_NAME_TAG = "adept.run_name"
+PARENT_TAG = "mlflow.parentRunId"
 
 
 def check_tracking_server(uri: str) -> None:
@@ -31,29 +32,50 @@ def check_tracking_server(uri: str) -> None:
 
 
 def start_or_resume_run(uri: str, experiment: str, run_name: str, params: dict[str, Any],
-                        tags: dict[str, str], artifact_root: Path) -> str:
-    """The id of the run for `run_name`: the existing one (resume) or a new one with params and tags."""
+                        tags: dict[str, str], artifact_root: Path, parent_run_id: str | None = None) -> str:
+    """The id of the run for `run_name`: the existing one (resume) or a new one with params and tags.
+
+    `parent_run_id` nests the run under another one (a sweep's trial under the sweep's run): the
+    `mlflow.parentRunId` tag the MLflow UI groups by.
+    """
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        location = None if uri.startswith(("http://", "https://", "databricks")) else artifact_root.resolve().as_uri()
-        experiment_id = client.create_experiment(experiment, artifact_location=location)
-    else:
-        experiment_id = exp.experiment_id
-    existing = client.search_runs([experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
-                                  max_results=1, order_by=["attributes.start_time DESC"])
-    if existing:
-        run_id = existing[0].info.run_id
+    experiment_id = get_or_create_experiment(uri, experiment, artifact_root)
+    existing = find_run(client, experiment_id, run_name)
+    if existing is not None:
+        run_id = existing.info.run_id
         client.update_run(run_id, status="RUNNING")
+        if parent_run_id and existing.data.tags.get(PARENT_TAG) != parent_run_id:
+            client.set_tag(run_id, PARENT_TAG, parent_run_id)
         return run_id
+    if parent_run_id:
+        tags = {**tags, PARENT_TAG: parent_run_id}
     run = client.create_run(experiment_id, run_name=run_name, tags={RUN_NAME_TAG: run_name, **tags})
     from mlflow.entities import Param
 
     for chunk in _chunks(sorted(params.items()), 100):  # log_batch takes at most 100 params per call
         client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in chunk])
     return run.info.run_id
+
+
+def get_or_create_experiment(uri: str, experiment: str, artifact_root: Path) -> str:
+    """The experiment's id; a new experiment gets `artifact_root` as its artifact location (local stores)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is not None:
+        return exp.experiment_id
+    location = None if uri.startswith(("http://", "https://", "databricks")) else Path(artifact_root).resolve().as_uri()
+    return client.create_experiment(experiment, artifact_location=location)
+
+
+def find_run(client, experiment_id: str, run_name: str):
+    """The newest run of the experiment tagged with `run_name`, or None."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
+                              max_results=1, order_by=["attributes.start_time DESC"])
+    return runs[0] if runs else None
 
 
 def finish_run(uri: str, run_id: str, ok: bool) -> None:
