@@ -19,9 +19,9 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 
 install: $(VENV)/.installed
 
-# The embedded default: real SmolLM2-135M-Instruct + movie-sentiment, fully offline after the first fetch.
+# The embedded default sweep: real SmolLM2-135M-Instruct + movie-sentiment, fully offline after the first fetch.
 demo: install
-	$(BIN)/python jobs/train_adept.py --config configs/offline_default.yaml
+	$(BIN)/python jobs/tune_adept.py
 
 test: install
 	@status=0; $(BIN)/python -m pytest -q || status=$$?; \
