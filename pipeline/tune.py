@@ -343,8 +343,9 @@ def prepare_sweep(cfg: TrainConfig, sweep: SweepConfig, check_mlflow: bool = Tru
     allowed = [f"val_{m}" for m in metrics]  # reported at every evaluation and in the final report
     if metric not in allowed:
         raise ValueError(f"sweep metric={metric!r} is not reported by task {run.task_name!r}; use one of {allowed}.")
-    if sweep.scheduler == "asha" and (sweep.grace_period or base.eval_steps) > base.max_steps:
-        raise ValueError(f"grace_period={sweep.grace_period} > max_steps={base.max_steps}: ASHA would never decide.")
+    if sweep.scheduler == "asha" and (sweep.grace_period or base.eval_steps) >= base.max_steps:
+        raise ValueError(f"grace_period={sweep.grace_period or base.eval_steps} >= max_steps={base.max_steps}: ASHA would "
+                         "never decide before a trial ends; lower grace_period (or eval_steps), or use scheduler: fifo.")
     _check_combinations(base, dims, run)
     _check_points(base, dims, sweep.points_to_evaluate, run)
 
@@ -434,7 +435,6 @@ def _trial_driver(params: dict, *, base: dict, sweep: str, trials_storage: str, 
     """One Tune trial = one Ray Train fit, logged into a child MLflow run of the sweep's run."""
     os.environ.update(env)  # the job's ADEPT_* settings, whenever and wherever the cluster started
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from pipeline.launch import make_trainer, mlflow_params_and_tags
     from pipeline.tracking import finish_run, start_or_resume_run
@@ -449,10 +449,27 @@ def _trial_driver(params: dict, *, base: dict, sweep: str, trials_storage: str, 
                                  Path(artifact_root), parent_run_id=parent_run_id)
     ok = False
     try:  # fit() raises when the run fails (after Train's own max_failures); Tune then retries the trial
-        make_trainer(run, run_id, callbacks=[TuneReportCallback()], worker_cpus=worker_cpus).fit()
+        make_trainer(run, run_id, callbacks=[_report_callback()], worker_cpus=worker_cpus).fit()
         ok = True
     finally:  # Tune may stop this driver first (final result received, ASHA): the summary fixes the status
         finish_run(tracking_uri, run_id, ok)
+
+
+def _report_callback():
+    """Tune's TuneReportCallback without the final report's `done` key.
+
+    `done` is reserved by Tune: a result holding it ends the trial at once, stopping this driver while
+    fit() still shuts Train down, and a Train controller stopped that way leaves its workers' CPUs/GPUs
+    reserved until Ray's placement-group cleaner notices. Without it the trial ends when fit() returns.
+    """
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class _TrialReport(TuneReportCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            metrics = [{k: v for k, v in m.items() if k != "done"} for m in metrics]
+            super().after_report(run_context, metrics, checkpoint)
+
+    return _TrialReport()
 
 
 def local_cpus(prep: PreparedSweep) -> int:
@@ -570,10 +587,10 @@ def scheduler_and_search(prep: PreparedSweep, concurrent: int):
 
     sweep = prep.sweep
     points = [{ALIASES.get(k, k): v for k, v in p.items()} for p in sweep.points_to_evaluate]
-    # max_t one past the last step: a trial ASHA keeps reaches its final (test) report and ends by
-    # itself; ASHA only stops trials at its rungs (grace_period · reduction_factor^k steps).
-    scheduler = (ASHAScheduler(time_attr="step", max_t=prep.base.config.max_steps + 1, grace_period=prep.grace_period,
-                               reduction_factor=sweep.reduction_factor)
+    # ASHA decides only at its rungs, grace_period · reduction_factor^k steps < max_steps; a trial it keeps
+    # is never stopped at max_t (stop_last_trials=False): it reaches its final (test) report and ends itself.
+    scheduler = (ASHAScheduler(time_attr="step", max_t=prep.base.config.max_steps - 1, grace_period=prep.grace_period,
+                               reduction_factor=sweep.reduction_factor, stop_last_trials=False)
                  if sweep.scheduler == "asha" else FIFOScheduler())
     if sweep.search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
