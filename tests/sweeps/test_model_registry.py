@@ -1,0 +1,127 @@
+"""Registry semantics (a worse sweep never moves @champion, --force does, versions are never lost), the
+pyfunc model's predict and the predict CLI. MLflow on sqlite; the runs look like a sweep's (no Ray)."""
+
+import json
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from adept import AdeptConfig, get_adept_model
+from jobs.predict import main as predict_main
+from jobs.register_best import main as register_main
+from pipeline.config import TrainConfig
+from pipeline.launch import mlflow_params_and_tags, prepare
+from pipeline.tracking import start_or_resume_run
+
+pytestmark = pytest.mark.slow  # logs and loads pyfunc models (~5 s each)
+
+NAME = "adept-synthetic-sentiment"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, synthetic_task, tiny_backbone):
+    root = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    adapter = root / "adapter"
+    base = AutoModelForCausalLM.from_pretrained(tiny_backbone)
+    model = get_adept_model(base, AdeptConfig(method="adept", num_virtual_tokens=4, ffn_hidden_size=8),
+                            AutoTokenizer.from_pretrained(tiny_backbone))
+    with __import__("torch").no_grad():
+        model.ffn.w2.normal_(0, 0.5)  # a non-zero offset, so folding has something to fold
+    model.save_pretrained(adapter)
+    cfg = TrainConfig(task=str(synthetic_task), backbone=str(tiny_backbone), num_virtual_tokens=4, r=8,
+                      max_source_length=32, max_target_length=4, storage_path=str(root / "runs"), mlflow_uri=uri)
+    return {"uri": uri, "root": root, "adapter": adapter, "run": prepare(cfg)}
+
+
+def fake_sweep(store, name, score):
+    """A finished sweep as jobs/tune_adept.py leaves it: parent run + one child with a best adapter."""
+    uri, run = store["uri"], store["run"]
+    params, tags = mlflow_params_and_tags(run)
+    parent = start_or_resume_run(uri, "sweeps", name, params, {**tags, "adept.kind": "sweep", "adept.sweep": name,
+                                                                 "metric": "val_accuracy"}, store["root"])
+    child = start_or_resume_run(uri, "sweeps", f"{name}-t0", params,
+                                {**tags, "adept.sweep": name, "ray.trial_id": "t0", "adept.score": str(score)},
+                                store["root"], parent_run_id=parent)
+    client = MlflowClient(uri)
+    client.log_metric(child, "val_accuracy", score, step=10)
+    client.log_artifacts(child, str(store["adapter"]), "best_adapter")
+    client.set_terminated(child, "KILLED")  # stopped early by ASHA: registering must keep this status
+    client.set_tag(parent, "best_run_id", child)
+    client.set_terminated(parent)
+    return child
+
+
+def register(store, *args):
+    return register_main(["--mlflow-uri", store["uri"], *args])
+
+
+def state(store):
+    client = MlflowClient(store["uri"], registry_uri=store["uri"])
+    versions = {str(v.version): v for v in client.search_model_versions(f"name = '{NAME}'")}
+    return versions, str(client.get_model_version_by_alias(NAME, "champion").version)
+
+
+def test_champion_moves_only_on_a_better_score_or_force(store, capsys):
+    good = fake_sweep(store, "good", 80.0)
+    worse = fake_sweep(store, "worse", 60.0)
+    assert register(store, "--sweep", "good") == 0
+    versions, champion = state(store)
+    assert list(versions) == ["1"] and champion == "1"
+    tags = versions["1"].tags
+    assert tags["score"] == "80" and tags["metric"] == "val_accuracy" and tags["task"] == "synthetic-sentiment"
+    assert tags["method"] == "adept" and tags["backbone"] == str(store["run"].config.backbone) and tags["run_id"] == good
+    assert MlflowClient(store["uri"]).get_run(good).info.status == "KILLED"
+
+    assert register(store, "--sweep", "worse") == 0  # a worse sweep: a new version, the champion stays
+    assert "does not beat" in capsys.readouterr().out
+    versions, champion = state(store)
+    assert sorted(versions) == ["1", "2"] and champion == "1"
+
+    assert register(store, "--sweep", "worse", "--force") == 0  # forced: same version 2, now champion
+    versions, champion = state(store)
+    assert sorted(versions) == ["1", "2"] and champion == "2" and versions["2"].run_id == worse
+
+    assert register(store, "--run-id", good) == 0  # already registered: no new version; 80 beats 60
+    out = capsys.readouterr().out
+    assert "already registered as version 1" in out
+    versions, champion = state(store)
+    assert sorted(versions) == ["1", "2"] and champion == "1"
+
+
+def test_unknown_sweep_or_run_fails_cleanly(store, capsys):
+    assert register(store, "--sweep", "nope") == 2
+    assert "no sweep named 'nope'" in capsys.readouterr().err
+    assert register(store, "--run-id", "0" * 32) == 2
+
+
+def test_champion_predicts_with_and_without_folding(store, tmp_path):
+    if not MlflowClient(store["uri"]).search_registered_models():
+        fake_sweep(store, "only", 70.0)
+        assert register(store, "--sweep", "only") == 0
+    mlflow.set_registry_uri(store["uri"])
+    mlflow.set_tracking_uri(store["uri"])
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    texts = ["good great movie", "awful bad plot", "the film a acting"]
+    predictions = model.predict(pd.DataFrame({"sentence": texts}))
+    assert len(predictions) == 3 and set(predictions) <= {"negative", "positive"}
+    assert model.predict(pd.DataFrame({"source": [f"sentence: {t}" for t in texts]})) == predictions
+    with pytest.raises(Exception, match="sentence"):
+        model.predict(pd.DataFrame({"text": texts}))
+
+    inputs = tmp_path / "in.csv"
+    pd.DataFrame({"sentence": texts}).to_csv(inputs, index=False)
+    for folded in ([], ["--folded"]):
+        out = tmp_path / f"out{len(folded)}.jsonl"
+        assert predict_main(["--model", f"models:/{NAME}@champion", "--mlflow-uri", store["uri"], "--input",
+                             str(inputs), "--output", str(out), *folded]) == 0
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [r["prediction"] for r in rows] == predictions and rows[0]["sentence"] == texts[0]
+    out = tmp_path / "adapter.csv"  # an adapter folder directly, backbone from its adapter_config.json
+    assert predict_main(["--model", str(store["adapter"]), "--task", str(store["run"].config.task),
+                         "--max-source-length", "32", "--max-target-length", "4", "--input", str(inputs),
+                         "--output", str(out)]) == 0
+    assert list(pd.read_csv(out)["prediction"]) == predictions
