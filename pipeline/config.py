@@ -189,3 +189,18 @@ def _coerce(key: str, value: Any, annotation: str) -> Any:
     if annotation.startswith("bool") and not isinstance(value, bool):
         raise ValueError(f"{key}={value!r} must be true or false.")
     return value
+
+
+# ADEPT_* variables (cache dir, test hooks) are the driver's settings for its workers. Ray reuses worker
+# processes and a local cluster outlives a job, so a worker takes exactly the driver's set: stale ones go.
+ENV_PREFIX = "ADEPT_"
+
+
+def driver_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
+
+
+def apply_driver_env(env: dict[str, str]) -> None:
+    for key in [k for k in os.environ if k.startswith(ENV_PREFIX) and k not in env]:
+        del os.environ[key]
+    os.environ.update(env)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adept import budget_rank
-from pipeline.config import TrainConfig
+from pipeline.config import TrainConfig, driver_env
 from pipeline.data import fixed_length
 from pipeline.tracking import check_tracking_server, finish_run, git_commit, start_or_resume_run
 
@@ -34,9 +34,8 @@ class PreparedRun:
     def loop_config(self, mlflow_run_id: str | None) -> dict:
         # ADEPT_* settings (cache dir, test hooks) reach workers on any node, and in a local cluster
         # that was started before they were set.
-        env = {k: v for k, v in os.environ.items() if k.startswith("ADEPT_")}
         return {"train": self.config.to_dict(), "r": self.r, "mlflow_uri": self.tracking_uri,
-                "mlflow_run_id": mlflow_run_id, "env": env}
+                "mlflow_run_id": mlflow_run_id, "env": driver_env()}
 
 
 def prepare(cfg: TrainConfig, check_mlflow: bool = True) -> PreparedRun:

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from transformers import get_linear_schedule_with_warmup
 
 from adept.io import adapter_state_dict, load_adapter_state_dict, save_adapter
-from pipeline.config import TrainConfig
+from pipeline.config import TrainConfig, apply_driver_env
 from pipeline.distributed import distributed_evaluate, epoch_batches, reduce_sums
 from pipeline.engine import build_engine
 from pipeline.setup import build_data, build_model
@@ -52,7 +52,7 @@ class TrainState:
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
-    os.environ.update(loop_config.get("env", {}))
+    apply_driver_env(loop_config.get("env", {}))
     cfg = TrainConfig.from_dict(loop_config["train"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

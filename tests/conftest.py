@@ -38,6 +38,15 @@ def tiny_backbone(tmp_path_factory) -> Path:
     return write_backbone(tmp_path_factory.mktemp("backbone"))
 
 
+@pytest.fixture
+def no_ray():
+    """For tests that check nothing starts Ray: an earlier test in the session may have left it running."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _shutdown_ray():
     yield

@@ -10,6 +10,8 @@ from jobs.tune_adept import main
 from pipeline.config import TrainConfig
 from pipeline.tune import SweepConfig, load_sweep, parse_space, prepare_sweep, trial_config
 
+pytestmark = pytest.mark.usefixtures("no_ray")
+
 
 def write_config(tmp_path, synthetic_task, tiny_backbone, sweep, **base):
     data = {"task": str(synthetic_task), "backbone": str(tiny_backbone), "num_virtual_tokens": 4, "r": 8,

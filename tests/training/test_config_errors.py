@@ -6,6 +6,8 @@ import ray
 from jobs.train_adept import main
 from pipeline.config import TrainConfig
 
+pytestmark = pytest.mark.usefixtures("no_ray")
+
 
 @pytest.mark.parametrize(
     ("extra", "message"),
