@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.config import TrainConfig
+from pipeline.config import TrainConfig, apply_driver_env, driver_env
 from pipeline.launch import PreparedRun, adapter_size
 
 ALIASES = {"m": "num_virtual_tokens", "ffn_hidden_size": "r", "rank": "r"}
@@ -433,7 +433,7 @@ def _trial_driver(params: dict, *, base: dict, sweep: str, trials_storage: str, 
                   artifact_root: str, worker_cpus: int | None, hidden_size: int, kind: str, tracking_uri: str,
                   backbone_ref: str, task_name: str, env: dict[str, str]) -> None:
     """One Tune trial = one Ray Train fit, logged into a child MLflow run of the sweep's run."""
-    os.environ.update(env)  # the job's ADEPT_* settings, whenever and wherever the cluster started
+    apply_driver_env(env)  # the job's ADEPT_* settings, whenever and wherever the cluster started
     from ray import tune
 
     from pipeline.launch import make_trainer, mlflow_params_and_tags
@@ -550,9 +550,10 @@ def run_sweep(prep: PreparedSweep, log=print) -> SweepOutcome:
     concurrent = sweep.max_concurrent_trials or fits
     trainable = tune.with_resources(tune.with_parameters(
         _trial_driver, base=cfg.to_dict(), sweep=prep.name, trials_storage=str(prep.trials_storage),
-        parent_run_id=parent, artifact_root=str(prep.artifact_root), worker_cpus=sweep.cpus_per_worker, hidden_size=run.hidden_size, kind=run.kind, tracking_uri=run.tracking_uri,
+        parent_run_id=parent, artifact_root=str(prep.artifact_root), worker_cpus=sweep.cpus_per_worker,
+        hidden_size=run.hidden_size, kind=run.kind, tracking_uri=run.tracking_uri,
         backbone_ref=run.backbone_ref or cfg.backbone, task_name=run.task_name or "",
-        env={k: v for k, v in os.environ.items() if k.startswith("ADEPT_")}), resources)
+        env=driver_env()), resources)
     path = str(prep.storage)
     if tune.Tuner.can_restore(path):
         log(f"[adept] resuming sweep {prep.name!r} from {path}")
@@ -565,8 +566,9 @@ def run_sweep(prep: PreparedSweep, log=print) -> SweepOutcome:
         tuner = tune.Tuner(
             trainable, param_space=prep.param_space,
             tune_config=tune.TuneConfig(metric=prep.metric, mode=sweep.mode, num_samples=sweep.num_samples,
-                                        max_concurrent_trials=concurrent, scheduler=scheduler, search_alg=search,
-                                        trial_dirname_creator=_trial_dirname),
+                                        # the variant generator caps itself; Tune limits a Searcher (Optuna)
+                                        max_concurrent_trials=concurrent if sweep.search == "optuna" else None,
+                                        scheduler=scheduler, search_alg=search, trial_dirname_creator=_trial_dirname),
             run_config=tune.RunConfig(name=prep.name, storage_path=str(Path(cfg.storage_path)),
                                       failure_config=tune.FailureConfig(max_failures=sweep.max_failures)),
         )
