@@ -5,7 +5,7 @@
     python jobs/tune_adept.py --config my.yaml --set max_steps=2000 --sweep-set num_samples=16 --search optuna
     ray job submit --address http://HEAD:8265 --working-dir . -- python jobs/tune_adept.py --config my.yaml
 
-A config YAML holds TrainConfig keys (pipeline/config.py) and a `sweep:` section (pipeline/tune.py
+A config YAML holds TrainConfig keys (pipeline/config.py) and a `sweep:` section (pipeline/tune/config.py
 SweepConfig: name, space, num_samples, scheduler, search, ...). Without a `sweep:` section the paper's
 learning-rate grid is searched. Re-running the same sweep name resumes it. The job ends with the best
 trials, the adapter paths, the MLflow location and the command that registers the best adapter.
