@@ -87,7 +87,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             log.info(f"[adept] resumed at step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})")
 
     # ---------------------------------------------------------------- train
-    window = {"loss": 0.0, "micro": 0, "tokens": 0, "samples": 0, "t0": time.perf_counter()}
+    window = {"loss": 0.0, "micro": 0, "tokens": 0, "samples": 0, "t0": time.perf_counter(), "paused": 0.0}
     while state.step < cfg.max_steps:
         batches = epoch_batches(len(data.train), state.epoch, rank, world, cfg.micro_batch_size, cfg.seed)
         for index in range(state.batch_in_epoch, len(batches)):
@@ -104,8 +104,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if state.step % cfg.log_steps == 0 or state.step == cfg.max_steps:
                 _log_training(cfg, state, engine, window, logger, rank)
             if state.step % cfg.eval_steps == 0 or state.step == cfg.max_steps:
+                paused = time.perf_counter()
                 best_state = _validate_and_checkpoint(cfg, state, engine, data, tokenizer, logger, best_state,
                                                       rank, world, window.get("last", {}))
+                window["paused"] += time.perf_counter() - paused  # throughput counts training time only
             if state.step >= cfg.max_steps:
                 break
         else:
@@ -133,7 +135,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 def _log_training(cfg, state, engine, window, logger, rank) -> None:
     loss_sum, micro, tokens, samples = reduce_sums([window["loss"], window["micro"], window["tokens"],
                                                     window["samples"]])
-    seconds = time.perf_counter() - window["t0"]
+    seconds = time.perf_counter() - window["t0"] - window["paused"]
     lrs = engine.learning_rates()
     values = {"train_loss": loss_sum / max(micro, 1), "tokens_per_s": tokens / seconds,
               "samples_per_s": samples / seconds, **{f"lr_{k}": v for k, v in lrs.items()}}
@@ -143,7 +145,7 @@ def _log_training(cfg, state, engine, window, logger, rank) -> None:
         lr_text = " ".join(f"lr_{k} {v:.2e}" for k, v in lrs.items())
         log.info(f"[adept] step {state.step}/{cfg.max_steps} loss {values['train_loss']:.4f} {lr_text} "
               f"tok/s {values['tokens_per_s']:.0f}")
-    window.update(loss=0.0, micro=0, tokens=0, samples=0, t0=time.perf_counter())
+    window.update(loss=0.0, micro=0, tokens=0, samples=0, t0=time.perf_counter(), paused=0.0)
 
 
 def _validate_and_checkpoint(cfg, state, engine, data, tokenizer, logger, best_state, rank, world, train_metrics):
