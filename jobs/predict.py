@@ -27,7 +27,15 @@ def read_inputs(path: Path):
     if not path.is_file():
         raise FileNotFoundError(f"input file {str(path)!r} does not exist.")
     if path.suffix.lower() == ".csv":
-        return pd.read_csv(path)
+        hint = 'quote text that contains commas ("a, b")'
+        try:
+            frame = pd.read_csv(path)
+        except pd.errors.ParserError as err:
+            raise ValueError(f"input file {path.name!r}: {str(err).strip()}; {hint}.") from None
+        if not isinstance(frame.index, pd.RangeIndex):  # pandas turned the extra leading fields into an index
+            raise ValueError(f"input file {path.name!r}: rows have more fields than the header "
+                             f"{list(frame.columns)}; {hint}.")
+        return frame
     if path.suffix.lower() in (".jsonl", ".json"):
         return pd.read_json(path, lines=path.suffix.lower() == ".jsonl")
     raise ValueError(f"input file {path.name!r}: use .csv or .jsonl.")

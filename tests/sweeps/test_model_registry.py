@@ -125,3 +125,18 @@ def test_champion_predicts_with_and_without_folding(store, tmp_path):
                          "--max-source-length", "32", "--max-target-length", "4", "--input", str(inputs),
                          "--output", str(out)]) == 0
     assert list(pd.read_csv(out)["prediction"]) == predictions
+
+
+def test_csv_with_unquoted_commas_is_refused(tmp_path):
+    from jobs.predict import read_inputs
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text\nA gripping, funny film.\nDull, long, badly acted.\n")
+    with pytest.raises(ValueError, match="quote text that contains commas"):
+        read_inputs(bad)  # rows with a different number of fields
+    bad.write_text("text\nA gripping, funny film.\nDull and badly acted, sadly.\n")
+    with pytest.raises(ValueError, match="more fields than the header"):
+        read_inputs(bad)  # every row one field too many: pandas would silently make the first an index
+    good = tmp_path / "good.csv"
+    good.write_text('text\n"A gripping, funny film."\n"Dull, long, badly acted."\n')
+    assert read_inputs(good)["text"].tolist() == ["A gripping, funny film.", "Dull, long, badly acted."]
