@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_common as bc  # noqa: E402
+import bench_fit  # noqa: E402
 import bench_infer  # noqa: E402
 import bench_pipeline  # noqa: E402
 import bench_report  # noqa: E402
@@ -29,7 +30,7 @@ import torch  # noqa: E402
 
 bench_pipeline.load_runner_modules()  # runner_*.py beside this file add pipeline runners (item 3)
 
-ITEMS = ("train", "infer", "pipeline")
+ITEMS = ("train", "infer", "pipeline", "fit")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
 # Batch sizes per backbone: the same for every method/variant of a backbone.
 BATCH = {"tiny": 8, bc.SMOLLM2: 2}
@@ -57,15 +58,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=None, help="untimed calls per variant first (default 2; --quick 1)")
     ap.add_argument("--batch", type=int, default=None, help="batch size for every backbone (default per backbone)")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses of item 1")
-    ap.add_argument("--pipeline-runners", default="bare",
-                    help=f"comma list of registered runners (now: {', '.join(bench_pipeline.RUNNERS)})")
+    ap.add_argument("--pipeline-runners", default=",".join(bench_pipeline.RUNNERS),
+                    help=f"comma list of registered runners (default all: {', '.join(bench_pipeline.RUNNERS)})")
     ap.add_argument("--pipeline-backbone", default=None,
                     help="backbone of item 3 (default: smollm2-135m in a full run when cached, else tiny)")
+    ap.add_argument("--fit-config", default=None,
+                    help="item 4: the training config whose throughput is measured (default "
+                         "configs/offline_default.yaml: the SmolLM2 fit; skipped with a note when SmolLM2 is not cached "
+                         "or under --quick)")
+    ap.add_argument("--fit-steps", type=int, default=None, help="item 4: optimizer steps (default 30; --quick 12)")
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="JSON output file")
     args = ap.parse_args(argv)
     args.reps = args.reps or (5 if args.quick else 7)
     args.infer_reps = args.infer_reps or (5 if args.quick else 11)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    args.fit_steps = args.fit_steps or (12 if args.quick else 30)
     if min(args.reps, args.infer_reps) < 5:
         ap.error("--reps and --infer-reps must be >= 5 (the medians need at least 5 rounds)")
     if args.threads < 1:
@@ -102,6 +109,16 @@ def plan(args: argparse.Namespace, notes: list[str]) -> list[tuple[str, list[int
         batch = args.batch or (QUICK_BATCH if args.quick else BATCH)[name]
         out.append((name, lengths, batch))
     return out
+
+
+def fit_rows(args: argparse.Namespace, notes: list[str]) -> list[dict]:
+    if args.fit_config is None and (args.quick or not bc.smollm2_cached()):
+        notes.append("item 4 (fit tokens/s) skipped: it runs the SmolLM2 default fit, which needs the model in the "
+                     "cache and does not fit --quick; --fit-config CONFIG runs it on another config.")
+        return []
+    config = Path(args.fit_config) if args.fit_config else bench_fit.DEFAULT_CONFIG
+    log_steps = max(1, args.fit_steps // 6)  # 6 windows: the first (one-off costs) + 5 in the median
+    return bench_fit.run(config.resolve(), args.fit_steps, log_steps, device=args.device, log=log)
 
 
 def log(msg: str) -> None:
@@ -145,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             length=min(args.lengths), warmup_steps=args.warmup + 1, measured_steps=args.reps + (0 if args.quick else 3),
             device=args.device, dtype=args.dtype)
         rows += bench_pipeline.run(work, [r for r in args.pipeline_runners.split(",") if r], log=log)
+    if "fit" in args.items:
+        rows += fit_rows(args, notes)
     meta["wall_s"] = time.perf_counter() - started
     result = {"meta": meta, "rows": rows, "targets": bench_infer.targets(rows)}
     out = Path(args.out)

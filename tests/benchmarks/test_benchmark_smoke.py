@@ -54,9 +54,14 @@ def test_quick_run_writes_every_row(tmp_path):
         (length, v) for length in (64, 256) for v in ("adept", "adept_folded")}
     assert all(t["verdict"] and t["control"]["median"] > 0 for t in result["targets"])
 
-    (bare,) = [r for r in rows if r["item"] == "pipeline"]
-    assert bare["runner"] == "bare" and bare["startup_s"] > 0 and _positive(bare["step_ms"])
-    assert bare["tokens_per_s"] > 0 and bare["ratio"]["median"] == pytest.approx(1.0)
+    pipeline = {r["runner"]: r for r in rows if r["item"] == "pipeline"}
+    assert set(pipeline) == {"bare", "ray1", "ray_zero2"}
+    for r in pipeline.values():
+        assert r["startup_s"] > 0 and _positive(r["step_ms"]) and _positive(r["ratio"]) and r["tokens_per_s"] > 0
+    assert pipeline["bare"]["ratio"]["median"] == pytest.approx(1.0)
+    # the Ray Train workers ran the same work: same model, same first batch, same loss
+    for name in ("ray1", "ray_zero2"):
+        assert pipeline[name]["notes"]["first_loss"] == pytest.approx(pipeline["bare"]["notes"]["first_loss"], rel=1e-5)
 
     machine = result["meta"]["machine"]
     assert machine["torch_threads"] >= 1 and machine["torch"] and machine["cpu"]
@@ -70,3 +75,21 @@ def test_missing_smollm2_is_skipped_not_downloaded(tmp_path):
     assert result["rows"] == [] and result["targets"] == []
     assert any("not in the cache" in note for note in result["meta"]["notes"])
     assert not (tmp_path / "empty-cache").exists()
+
+
+@pytest.mark.slow
+def test_fit_item_reads_the_jobs_throughput(tmp_path, synthetic_task, tiny_backbone):
+    import yaml
+
+    config = tmp_path / "fit.yaml"
+    config.write_text(yaml.safe_dump({"task": str(synthetic_task), "backbone": str(tiny_backbone), "r": 8,
+                                      "num_virtual_tokens": 4, "batch_size": 8, "max_source_length": 32,
+                                      "max_target_length": 4, "deepspeed": True, "zero_stage": 2}))
+    result, stdout = _run(tmp_path, "--quick", "--items", "fit", "--fit-config", str(config), "--fit-steps", "12")
+    (row,) = result["rows"]
+    assert row["item"] == "fit" and row["steps"] == 12 and row["engine"] == "DeepSpeed ZeRO-2"
+    assert _positive(row["tokens_per_s"]) and _positive(row["samples_per_s"]) and row["wall_s"] > 0
+    # tokens per sample: between one token and the longest possible input (source + target)
+    per_sample = row["tokens_per_s"]["median"] / row["samples_per_s"]["median"]
+    assert 1 <= per_sample <= 32 + 4
+    assert "### 4. Tokens per second of a fit" in stdout
