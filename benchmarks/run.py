@@ -35,6 +35,7 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
 # Batch sizes per backbone: the same for every method/variant of a backbone.
 BATCH = {"tiny": 8, bc.SMOLLM2: 2}
 QUICK_BATCH = {"tiny": 2, bc.SMOLLM2: 1}
+QUICK_RUNNERS = ("bare", "ray_zero2")  # each Ray runner costs ~20-30 s of startup
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,8 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=None, help="untimed calls per variant first (default 2; --quick 1)")
     ap.add_argument("--batch", type=int, default=None, help="batch size for every backbone (default per backbone)")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses of item 1")
-    ap.add_argument("--pipeline-runners", default=",".join(bench_pipeline.RUNNERS),
-                    help=f"comma list of registered runners (default all: {', '.join(bench_pipeline.RUNNERS)})")
+    ap.add_argument("--pipeline-runners", default=None,
+                    help=f"comma list of registered runners (default all: {', '.join(bench_pipeline.RUNNERS)}; "
+                         f"--quick: {','.join(QUICK_RUNNERS)}, the production path, to stay under 3 minutes)")
     ap.add_argument("--pipeline-backbone", default=None,
                     help="backbone of item 3 (default: smollm2-135m in a full run when cached, else tiny)")
     ap.add_argument("--fit-config", default=None,
@@ -73,6 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.infer_reps = args.infer_reps or (5 if args.quick else 11)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     args.fit_steps = args.fit_steps or (12 if args.quick else 30)
+    if args.pipeline_runners is None:
+        runners = QUICK_RUNNERS if args.quick else tuple(bench_pipeline.RUNNERS)
+        args.pipeline_runners = ",".join(r for r in runners if r in bench_pipeline.RUNNERS)
     if min(args.reps, args.infer_reps) < 5:
         ap.error("--reps and --infer-reps must be >= 5 (the medians need at least 5 rounds)")
     if args.threads < 1:

@@ -31,7 +31,7 @@ def _positive(stat):
 
 @pytest.mark.slow
 def test_quick_run_writes_every_row(tmp_path):
-    result, stdout = _run(tmp_path, "--quick", "--backbones", "tiny")
+    result, stdout = _run(tmp_path, "--quick", "--backbones", "tiny", "--pipeline-runners", "bare,ray1,ray_zero2")
     rows = result["rows"]
 
     train = {(r["length"], r["method"]): r for r in rows if r["item"] == "train"}
