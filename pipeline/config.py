@@ -142,20 +142,30 @@ class TrainConfig:
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
         """YAML file (optional) + `key=value` overrides (values parsed as YAML: 3e-1, true, [a, b])."""
-        data: dict[str, Any] = {}
-        if path is not None:
-            path = Path(path)
-            if not path.is_file():
-                raise FileNotFoundError(f"config file {str(path)!r} does not exist.")
-            data = yaml.safe_load(path.read_text()) or {}
-            if not isinstance(data, dict):
-                raise ValueError(f"config file {str(path)!r} must hold a mapping of keys to values.")
+        data = read_config_file(path) if path is not None else {}
         for item in overrides or []:
-            key, sep, value = item.partition("=")
-            if not sep or not key.strip():
-                raise ValueError(f"override {item!r} is not of the form key=value.")
-            data[key.strip()] = yaml.safe_load(value)
+            key, value = parse_override(item)
+            data[key] = value
         return cls.from_dict(data)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A config YAML as a mapping (a clear error for a missing file or a YAML that is not a mapping)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist.")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {str(path)!r} must hold a mapping of keys to values.")
+    return data
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`key=value` with the value parsed as YAML (3e-1, true, [a, b])."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"override {item!r} is not of the form key=value.")
+    return key.strip(), yaml.safe_load(value)
 
 
 def _one_of(name: str, value: Any, allowed: tuple) -> None:

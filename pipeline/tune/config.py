@@ -10,9 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from pipeline.config import TrainConfig
+from pipeline.config import TrainConfig, parse_override, read_config_file
 
 ALIASES = {"m": "num_virtual_tokens", "ffn_hidden_size": "r", "rank": "r"}
 # Keys a trial may not change: they select the model/data/resources every trial shares or name the run.
@@ -129,12 +127,7 @@ def load_sweep(path: str | Path | None = None, overrides: list[str] | None = Non
     if path is None:
         base, sweep = dict(DEFAULT_BASE), json.loads(json.dumps(DEFAULT_SWEEP))
     else:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {str(path)!r} does not exist.")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"config file {str(path)!r} must hold a mapping of keys to values.")
+        data = read_config_file(path)
         sweep = data.pop("sweep", None)
         if sweep is None:
             sweep = {"space": PAPER_SPACE, "num_samples": 1}
@@ -142,10 +135,10 @@ def load_sweep(path: str | Path | None = None, overrides: list[str] | None = Non
             raise ValueError(f"{str(path)!r}: the sweep section must be a mapping, got {sweep!r}.")
         base = data
     for item in overrides or []:
-        key, value = _split_override(item)
+        key, value = parse_override(item)
         base[key] = value
     for item in sweep_overrides or []:
-        key, value = _split_override(item)
+        key, value = parse_override(item)
         if key.startswith("space."):
             sweep.setdefault("space", {})
             sweep["space"] = {**(sweep["space"] or {}), key.removeprefix("space."): value}
@@ -153,12 +146,6 @@ def load_sweep(path: str | Path | None = None, overrides: list[str] | None = Non
             sweep[key] = value
     return TrainConfig.from_dict(base), SweepConfig.from_dict(sweep)
 
-
-def _split_override(item: str) -> tuple[str, Any]:
-    key, sep, value = item.partition("=")
-    if not sep or not key.strip():
-        raise ValueError(f"override {item!r} is not of the form key=value.")
-    return key.strip(), yaml.safe_load(value)
 
 
 # ---------------------------------------------------------------------------------------------- the space
