@@ -12,7 +12,6 @@ first window holds the first step's one-off costs and is left out of the median.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
@@ -42,7 +41,7 @@ def run(config: Path, steps: int, log_steps: int, eval_rows: int = 16, device: s
         log(f"[fit] {config.name}: {cfg.backbone} {cfg.method}, batch {cfg.batch_size}, {cfg.num_workers} worker(s), "
             f"{'ZeRO-' + str(cfg.zero_stage) if cfg.deepspeed else 'DDP'}, {steps} steps")
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, env={**os.environ})
+        proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
             raise RuntimeError(f"the fit failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
