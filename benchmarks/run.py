@@ -80,6 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.pipeline_runners = ",".join(r for r in runners if r in bench_pipeline.RUNNERS)
     if min(args.reps, args.infer_reps) < 5:
         ap.error("--reps and --infer-reps must be >= 5 (the medians need at least 5 rounds)")
+    if args.fit_steps < 6:
+        ap.error("--fit-steps must be >= 6 (6 logged windows: the first is left out, the median needs 5)")
     if args.threads < 1:
         ap.error("--threads must be >= 1")
     if args.backbones is None:

@@ -33,3 +33,13 @@ def test_registered_runner_is_compared_with_the_bare_loop(monkeypatch):
 def test_runner_modules_beside_run_py_are_loaded():
     assert "runner_ray" in bench_pipeline.load_runner_modules()
     assert {"bare", "ray1", "ray_zero2"} <= set(bench_pipeline.RUNNERS)
+
+
+def test_too_few_fit_steps_is_refused_before_anything_runs(capsys):
+    import importlib
+
+    run = importlib.import_module("run")
+    with pytest.raises(SystemExit):
+        run.parse_args(["--items", "fit", "--fit-steps", "5"])
+    assert "--fit-steps must be >= 6" in capsys.readouterr().err
+    assert run.parse_args(["--items", "fit", "--fit-steps", "6"]).fit_steps == 6
