@@ -23,8 +23,8 @@ for key, value in {
 }.items():
     os.environ.setdefault(key, value)
 
-# `tests/tiny.py` and `tests/synthetic.py` are imported as `tiny` / `synthetic` by every test package.
-sys.path.insert(0, str(Path(__file__).parent))
+# `tests/tiny.py` and `tests/synthetic.py` are imported as `tiny` / `synthetic` by every test package
+# (tests/ is on pytest's pythonpath, see pyproject.toml).
 from synthetic import write_backbone, write_task  # noqa: E402
 
 

@@ -1,13 +1,7 @@
 """The item-3 extension point: a registered runner gets the same TrainWork and is compared to the bare loop."""
 
-import sys
-from pathlib import Path
-
+import bench_pipeline  # benchmarks/ is on pytest's pythonpath (pyproject)
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-
-import bench_pipeline  # noqa: E402
 
 
 def test_registered_runner_is_compared_with_the_bare_loop(monkeypatch):

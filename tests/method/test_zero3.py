@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -7,7 +8,10 @@ from pathlib import Path
 def test_adapter_under_deepspeed_zero3():
     """Prompt init, training, saving and the folded table all see gathered weights under ZeRO-3."""
     worker = Path(__file__).with_name("zero3_worker.py")
-    proc = subprocess.run([sys.executable, str(worker)], capture_output=True, text=True, timeout=300)
+    # The worker imports the shared test helpers (tests/tiny.py) as the tests do: tests/ on its PYTHONPATH.
+    path = os.pathsep.join(filter(None, [str(worker.parents[1]), os.environ.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, str(worker)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": path})
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
     result = json.loads(lines[-1].removeprefix("RESULT "))

@@ -6,13 +6,11 @@ Prints one JSON line with what the test checks.
 import importlib
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 os.environ.update(DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
 os.environ.setdefault("MASTER_PORT", "29531")
-sys.path.insert(0, str(Path(__file__).parents[1]))
 
 import deepspeed  # noqa: E402
 import torch  # noqa: E402
