@@ -9,10 +9,10 @@
 * PAWS-Wiki (``google-research-datasets/paws``, ``labeled_final``): official splits.
 * MBPP (``google-research-datasets/mbpp``, ``full``): ``text: <problem> tests: <asserts>`` → code,
   official train/validation/test. Registered for formatting and training; its default metric is
-  only ``exact_match``. pass@1 by execution is NOT part of the defaults because running generated
-  code cannot be made safe here: a subprocess with a timeout and a temp dir cannot, by itself, block
-  network access or reads/writes outside that dir. `pipeline.code_eval.mbpp_pass_at_1` is an
-  explicit opt-in (``allow_code_execution=True``) for sandboxed machines; see its docstring.
+  only ``exact_match``. pass@1 by execution is NOT part of the defaults: its sandbox (PID and network
+  namespaces, an unprivileged user, rlimits) does not isolate the file system, so generated code can
+  still read world-readable files and write to world-writable ones. `pipeline.code_eval.mbpp_pass_at_1`
+  is an explicit opt-in (``allow_code_execution=True``) for disposable machines; see its docstring.
 """
 
 from __future__ import annotations
