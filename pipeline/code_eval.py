@@ -108,7 +108,7 @@ while True:
 
 # What the probe program reports; `_check_probe` compares it with what the sandbox promises.
 _PROBE = """import json, os, socket, sys
-procs = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())
+procs = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())[:8]  # short: it must fit the stderr tail
 ifaces = sorted(name for _, name in socket.if_nameindex())
 print(json.dumps(dict(pid=os.getpid(), ppid=os.getppid(), uid=os.getuid(), gid=os.getgid(),
                       groups=os.getgroups(), procs=procs, ifaces=ifaces)), file=sys.stderr)
@@ -181,7 +181,7 @@ def _check_probe(launcher: _Launcher, result: ExecResult) -> str | None:
         return f"unreadable probe output: {result.stderr_tail[-300:]!r}"
     problems = []
     if (seen["pid"], seen["ppid"]) != (2, 1) or not set(seen["procs"]) <= {1, 2}:
-        problems.append(f"not in a fresh PID namespace (pid {seen['pid']}, sees pids {seen['procs'][:8]})")
+        problems.append(f"not in a fresh PID namespace (pid {seen['pid']}, sees pids {seen['procs']}...)")
     if seen["ifaces"] != ["lo"]:
         problems.append(f"network interfaces visible: {seen['ifaces']}")
     ids = (seen["uid"], seen["gid"], seen["groups"])
