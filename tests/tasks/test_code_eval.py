@@ -8,6 +8,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -186,22 +187,25 @@ def test_runs_as_an_unprivileged_user(sandbox):
 def test_sandbox_dies_with_the_evaluator(sandbox):
     marker = _marker()
     program = f"import time\nopen('/proc/self/comm', 'w').write({marker!r})\ntime.sleep(60)\n"
-    evaluator = subprocess.Popen(
-        [sys.executable, "-c", f"import pipeline.code_eval as ce\nce.run_python({program!r}, timeout_s=60)"],
-        cwd=REPO,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while not _alive(marker) and time.monotonic() < deadline:
+    # the killed evaluator cannot delete its temp dir: give it one that the test removes (traversable by uid 65534)
+    with tempfile.TemporaryDirectory(prefix="adept-test-") as tmp:
+        os.chmod(tmp, 0o755)
+        evaluator = subprocess.Popen(
+            [sys.executable, "-c", f"import pipeline.code_eval as ce\nce.run_python({program!r}, timeout_s=60)"],
+            cwd=REPO, env={**os.environ, "TMPDIR": tmp},
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while not _alive(marker) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert _alive(marker), "the sandboxed program never started"
+        finally:
+            evaluator.send_signal(signal.SIGKILL)
+            evaluator.wait()
+        deadline = time.monotonic() + 5
+        while _alive(marker) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert _alive(marker), "the sandboxed program never started"
-    finally:
-        evaluator.send_signal(signal.SIGKILL)
-        evaluator.wait()
-    deadline = time.monotonic() + 5
-    while _alive(marker) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _alive(marker) == []
+        assert _alive(marker) == []
 
 
 @pytest.mark.faults
