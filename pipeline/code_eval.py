@@ -27,7 +27,8 @@ private ``/proc``), IPC and UTS namespaces made by util-linux ``unshare``:
 * The program's interpreter must be runnable by the sandbox user. If ``sys.executable`` is not (for
   example a pyenv/venv under ``/root``, mode 0700), a system ``python3`` is used instead (probed once
   per process; pass ``python=`` to choose).
-* If the evaluator itself dies, the sandbox is killed with it (parent-death signal).
+* If the evaluator itself dies, the sandbox is killed with it (parent-death signal via util-linux
+  ``setpriv --pdeathsig``; without setpriv it runs on until the program ends or hits its CPU limit).
 
 What it does NOT isolate: the file system. The program can read every file that is world-readable
 (uid 65534) or readable by the evaluator's user (non-root), and write to world-writable places such as
