@@ -180,14 +180,14 @@ class AdeptModel(nn.Module):
 
     # ------------------------------------------------------------------ files
     def save_pretrained(self, path: str | Path) -> None:
-        """Write `adapter_config.json` + `adapter_model.safetensors` (adapter tensors only)."""
+        """Write `adept_config.json` + `adept_model.safetensors` (adapter tensors only; see `adept.io`)."""
         from .io import save_adapter
 
         save_adapter(self, path)
 
     @classmethod
     def from_pretrained(cls, base_model: nn.Module, path: str | Path) -> AdeptModel:
-        """Load an adapter saved by `save_pretrained`, or an official ADePT checkpoint folder."""
+        """Load an adapter saved by `save_pretrained` (also adept-ray 0.1), or an official ADePT / PEFT prompt-tuning folder."""
         from .io import load_adapter
 
         return load_adapter(base_model, path)
