@@ -107,6 +107,12 @@ class PromptedModel(nn.Module):
         """While generating, what makes the backbone's own embedding lookups match `embed_inputs`."""
         return contextlib.nullcontext()
 
+    def export_peft(self, path: str | Path, **kwargs):
+        """Write `<path>/base` + `<path>/adapter` for plain transformers + PEFT; see `adept.peft_export.export_peft`."""
+        from .peft_export import export_peft
+
+        return export_peft(self, path, **kwargs)
+
 
 class AdeptModel(PromptedModel):
     """Wraps `base_model` (a transformers `PreTrainedModel`), freezes it and adds the adapter.
