@@ -2,15 +2,45 @@
 
     from adept import AdeptConfig, get_adept_model
     model = get_adept_model(base_model, AdeptConfig(method="adept", num_virtual_tokens=60, ffn_hidden_size=19), tok)
+
+Only the configuration is imported eagerly: `import adept` / `import adept.config` do not import torch
+(a job's `--help` stays fast). The model classes are imported on first use (PEP 562).
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from .config import METHODS, AdeptConfig, budget_rank, count_trainable_params
-from .fold import FoldedAdeptModel
-from .model import AdeptModel, get_adept_model
+
+if TYPE_CHECKING:
+    from .fold import FoldedAdeptModel
+    from .model import AdeptModel, PromptedModel, get_adept_model
 
 __version__ = "0.1.0"
 
+# name -> submodule that defines it; imported (with torch) on first access.
+_LAZY = {
+    "AdeptModel": "model",
+    "PromptedModel": "model",
+    "get_adept_model": "model",
+    "FoldedAdeptModel": "fold",
+}
+
 __all__ = [
-    "AdeptConfig", "AdeptModel", "FoldedAdeptModel", "get_adept_model", "budget_rank", "count_trainable_params", "METHODS",
-    "__version__",
+    "AdeptConfig", "AdeptModel", "FoldedAdeptModel", "PromptedModel", "get_adept_model", "budget_rank",
+    "count_trainable_params", "METHODS", "__version__",
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

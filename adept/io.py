@@ -1,4 +1,15 @@
-"""Adapter files: `adapter_config.json` + `adapter_model.safetensors`, and import of official ADePT folders.
+"""Adapter files: `adept_config.json` + `adept_model.safetensors`, and import of older and official folders.
+
+Three layouts are read (`find_adapter_files` tells which one a folder holds):
+
+* `"adept"`: what `save_pretrained` writes today. The names are our own, so neither `transformers` (which
+  treats any folder with `adapter_config.json` as a PEFT adapter once `peft` is installed) nor PEFT mistakes
+  the folder for one of theirs: `AutoModelForCausalLM.from_pretrained(adapter_dir)` fails as for any folder
+  without a model in it.
+* `"adept-legacy"`: adept-ray 0.1 folders, `adapter_config.json` (`format: "adept-ray"`) +
+  `adapter_model.safetensors`, with the same tensors.
+* `"peft"`: official ADePT (`peft_type: PROMPT_TUNING_LORAX`) and PEFT prompt-tuning (`PROMPT_TUNING`)
+  folders, `adapter_model.safetensors` or `adapter_model.bin`.
 
 Nothing here unpickles arbitrary objects: our own files are safetensors + JSON, and an official
 `adapter_model.bin` is read only through `torch.load(weights_only=True)`.
@@ -9,7 +20,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -20,10 +33,17 @@ from .config import AdeptConfig
 from .layers import _true_shape, gathered
 from .model import AdeptModel
 
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
-OFFICIAL_BIN_NAME = "adapter_model.bin"
+# What `save_pretrained` writes: names no other library claims.
+CONFIG_NAME = "adept_config.json"
+WEIGHTS_NAME = "adept_model.safetensors"
+# PEFT's names: official ADePT / PEFT prompt-tuning folders, adept-ray 0.1 adapters, and `export_peft`'s adapter.
+PEFT_CONFIG_NAME = "adapter_config.json"
+PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
+PEFT_BIN_NAME = "adapter_model.bin"
+OFFICIAL_BIN_NAME = PEFT_BIN_NAME  # the name this module used before; kept for importers
 FORMAT = "adept-ray"
+FORMAT_VERSION = 2  # 1: adept-ray 0.1 (PEFT's file names, peft_type "ADEPT"); 2: adept_config.json + adept_model.safetensors
+OFFICIAL_PEFT_TYPES = ("PROMPT_TUNING_LORAX", "PROMPT_TUNING")
 # Official ADePT (peft_type PROMPT_TUNING_LORAX) key -> our key. Shapes are identical (A is d×r in both).
 OFFICIAL_KEYS = {
     "prompt_embeddings": "prompt.weight",
@@ -34,6 +54,77 @@ OFFICIAL_KEYS = {
 }
 
 
+@dataclass(frozen=True)
+class AdapterFiles:
+    """The files of one adapter folder, as `find_adapter_files` found them.
+
+    layout: `"adept"` (adept_config.json + adept_model.safetensors), `"adept-legacy"` (adept-ray 0.1:
+    adapter_config.json with format "adept-ray" + adapter_model.safetensors) or `"peft"` (official ADePT
+    PROMPT_TUNING_LORAX or PEFT PROMPT_TUNING: adapter_config.json + adapter_model.safetensors / .bin).
+    weights: the file the tensors are read from; it may be missing (loading then says so).
+    """
+
+    layout: str
+    config: Path
+    weights: Path
+    meta: dict[str, Any]
+
+    @property
+    def backbone(self) -> str | None:
+        """The backbone name or folder recorded in the adapter (None when none was recorded)."""
+        if self.layout == "peft":
+            return self.meta.get("base_model_name_or_path")
+        return (self.meta.get("backbone") or {}).get("name_or_path")
+
+
+def find_adapter_files(path: str | Path) -> AdapterFiles:
+    """Which adapter layout the folder `path` holds; raises FileNotFoundError / ValueError when it holds none."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"adapter folder {str(path)!r} does not exist.")
+    if (path / CONFIG_NAME).is_file():
+        meta = _read_json(path / CONFIG_NAME)
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{str(path / CONFIG_NAME)!r} is not an adept-ray adapter config "
+                             f"(format={meta.get('format')!r}, expected {FORMAT!r}).")
+        return AdapterFiles("adept", path / CONFIG_NAME, path / WEIGHTS_NAME, meta)
+    if (path / PEFT_CONFIG_NAME).is_file():
+        config_file = path / PEFT_CONFIG_NAME
+        meta = _read_json(config_file)
+        if meta.get("peft_type") in OFFICIAL_PEFT_TYPES:
+            weights = path / PEFT_WEIGHTS_NAME
+            if not weights.is_file() and (path / PEFT_BIN_NAME).is_file():
+                weights = path / PEFT_BIN_NAME
+            return AdapterFiles("peft", config_file, weights, meta)
+        if meta.get("format") == FORMAT:
+            return AdapterFiles("adept-legacy", config_file, path / PEFT_WEIGHTS_NAME, meta)
+        raise ValueError(
+            f"{str(config_file)!r} is neither an adept-ray adapter (format={FORMAT!r}) nor an official ADePT / PEFT "
+            f"prompt-tuning one (peft_type {' or '.join(OFFICIAL_PEFT_TYPES)}); got peft_type={meta.get('peft_type')!r}."
+        )
+    raise FileNotFoundError(
+        f"{str(path)!r} holds neither {CONFIG_NAME!r} (an adept-ray adapter) nor {PEFT_CONFIG_NAME!r} (an adept-ray 0.1, "
+        "official ADePT or PEFT prompt-tuning adapter): not an adapter folder written by save_pretrained."
+    )
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    """True when `path` is a folder holding an adapter in one of the layouts `find_adapter_files` knows."""
+    try:
+        find_adapter_files(path)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def read_adapter_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The adapter tensors of a folder in any layout, under our names (`prompt.weight`, `ffn.w1`, ...)."""
+    files = find_adapter_files(path)
+    if files.layout == "peft":
+        return _read_official(files)[1]
+    return _read_safetensors(files.weights)
+
+
 def adapter_state_dict(model: AdeptModel) -> dict[str, torch.Tensor]:
     """Adapter tensors only, gathered if ZeRO-3 partitioned them, detached on CPU."""
     named = model.adapter_named_parameters()
@@ -42,10 +133,13 @@ def adapter_state_dict(model: AdeptModel) -> dict[str, torch.Tensor]:
 
 
 def save_adapter(model: AdeptModel, path: str | Path, state: dict[str, torch.Tensor] | None = None) -> None:
-    """Write the adapter files; `state` (from `adapter_state_dict`) replaces the model's live tensors.
+    """Write `adept_config.json` + `adept_model.safetensors`; `state` (from `adapter_state_dict`) replaces the model's
+    live tensors.
 
     Passing `state` lets one rank write while the others do not participate: under ZeRO-3 gathering
-    the live tensors is a collective call that every rank must make.
+    the live tensors is a collective call that every rank must make. adept-ray 0.1 files of an adapter
+    saved earlier into the same folder are removed (they would be read by nothing, but PEFT and
+    transformers would still take the folder for a PEFT adapter).
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -53,8 +147,8 @@ def save_adapter(model: AdeptModel, path: str | Path, state: dict[str, torch.Ten
     base_cfg = model.base_model.config
     meta = {
         "format": FORMAT,
+        "format_version": FORMAT_VERSION,
         "library_version": _version(),
-        "peft_type": "ADEPT",
         "adept_config": model.config.to_dict(),
         "backbone": {
             "name_or_path": model.config.base_model_name_or_path,
@@ -70,33 +164,40 @@ def save_adapter(model: AdeptModel, path: str | Path, state: dict[str, torch.Ten
     # Write both files beside their final names, then rename: a crash never leaves a half adapter.
     _atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
     _atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
+    legacy = path / PEFT_CONFIG_NAME
+    if legacy.is_file() and _is_legacy_config(legacy):
+        legacy.unlink()
+        (path / PEFT_WEIGHTS_NAME).unlink(missing_ok=True)
 
 
 def load_adapter(base_model: nn.Module, path: str | Path) -> AdeptModel:
-    path = Path(path)
-    config_file = path / CONFIG_NAME
-    if not path.is_dir():
-        raise FileNotFoundError(f"adapter folder {str(path)!r} does not exist.")
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{str(config_file)!r} is missing: not an adapter folder written by save_pretrained.")
-    try:
-        meta = json.loads(config_file.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{str(config_file)!r} is not valid JSON ({err}); the adapter folder is corrupt.") from err
-    if meta.get("peft_type") == "PROMPT_TUNING_LORAX" or meta.get("peft_type") == "PROMPT_TUNING":
-        config, state = _read_official(path, meta)
-    elif meta.get("format") == FORMAT:
-        config = AdeptConfig.from_dict(meta["adept_config"])
-        _check_backbone(meta["backbone"], base_model, config_file)
-        state = _read_safetensors(path / WEIGHTS_NAME)
+    files = find_adapter_files(path)
+    if files.layout == "peft":
+        config, state = _read_official(files)
     else:
-        raise ValueError(
-            f"{str(config_file)!r} is neither an adept-ray adapter (format={FORMAT!r}) nor an official ADePT one "
-            f"(peft_type PROMPT_TUNING_LORAX); got peft_type={meta.get('peft_type')!r}."
-        )
+        config = AdeptConfig.from_dict(files.meta["adept_config"])
+        _check_backbone(files.meta["backbone"], base_model, files.config)
+        state = _read_safetensors(files.weights)
     model = AdeptModel(base_model, config, init_prompt=False)
-    _copy_into(model, state, path)
+    _copy_into(model, state, files.config.parent)
     return model
+
+
+def _read_json(file: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{str(file)!r} is not valid JSON ({err}); the adapter folder is corrupt.") from err
+    if not isinstance(meta, dict):
+        raise ValueError(f"{str(file)!r} holds {type(meta).__name__}, not a JSON object; the adapter folder is corrupt.")
+    return meta
+
+
+def _is_legacy_config(file: Path) -> bool:
+    try:
+        return json.loads(file.read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _check_backbone(saved: dict, base_model: nn.Module, config_file: Path) -> None:
@@ -125,24 +226,26 @@ def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{str(file)!r} is not a readable safetensors file ({err}); the adapter is corrupt.") from err
 
 
-def _read_official(path: Path, meta: dict) -> tuple[AdeptConfig, dict[str, torch.Tensor]]:
-    """An official ADePT (PROMPT_TUNING_LORAX) or prompt-tuning (PROMPT_TUNING) folder."""
-    if (path / WEIGHTS_NAME).is_file():
-        raw = _read_safetensors(path / WEIGHTS_NAME)
-    elif (path / OFFICIAL_BIN_NAME).is_file():
+def _read_official(files: AdapterFiles) -> tuple[AdeptConfig, dict[str, torch.Tensor]]:
+    """An official ADePT (PROMPT_TUNING_LORAX) or PEFT prompt-tuning (PROMPT_TUNING) folder."""
+    path, meta = files.config.parent, files.meta
+    if files.weights.name == PEFT_BIN_NAME:
         try:
-            raw = torch.load(path / OFFICIAL_BIN_NAME, map_location="cpu", weights_only=True)
+            raw = torch.load(files.weights, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - torch raises several types for a bad/unsafe pickle
             raise ValueError(
-                f"{str(path / OFFICIAL_BIN_NAME)!r} could not be read as plain tensors ({err}); "
+                f"{str(files.weights)!r} could not be read as plain tensors ({err}); "
                 "only weights_only=True loading is allowed."
             ) from err
+    elif files.weights.is_file():
+        raw = _read_safetensors(files.weights)
     else:
-        raise FileNotFoundError(f"{str(path)!r} holds neither {WEIGHTS_NAME!r} nor {OFFICIAL_BIN_NAME!r}.")
+        raise FileNotFoundError(f"{str(path)!r} holds neither {PEFT_WEIGHTS_NAME!r} nor {PEFT_BIN_NAME!r}.")
     is_adept = meta["peft_type"] == "PROMPT_TUNING_LORAX"
+    m = int(meta["num_virtual_tokens"])
     config = AdeptConfig(
         method="adept" if is_adept else "prompt",
-        num_virtual_tokens=int(meta["num_virtual_tokens"]),
+        num_virtual_tokens=m,
         ffn_hidden_size=int(meta["r"]) if is_adept else None,
         prompt_init="random",
         base_model_name_or_path=meta.get("base_model_name_or_path"),
@@ -155,10 +258,16 @@ def _read_official(path: Path, meta: dict) -> tuple[AdeptConfig, dict[str, torch
         hits = [k for k in raw if k == official or k.endswith("." + official)]
         if hits:
             state[ours] = raw[hits[0]]
+    prompt = state.get("prompt.weight")
     token_dim = meta.get("token_dim")
-    if token_dim is not None and "prompt.weight" in state and state["prompt.weight"].shape[1] != token_dim:
-        raise ValueError(f"official adapter: prompt_embeddings has width {state['prompt.weight'].shape[1]}, "
-                         f"but adapter_config.json says token_dim={token_dim}.")
+    if token_dim is not None and prompt is not None and prompt.shape[1] != token_dim:
+        raise ValueError(f"official adapter: prompt_embeddings has width {prompt.shape[1]}, "
+                         f"but {files.config.name} says token_dim={token_dim}.")
+    # PEFT's seq2seq prompt tuning defaults to num_transformer_submodules=2 and then stores 2·m rows, but it
+    # prepends only the first m to the encoder input (the decoder is never prefixed), which is what we do.
+    submodules = meta.get("num_transformer_submodules") or (2 if meta.get("task_type") == "SEQ_2_SEQ_LM" else 1)
+    if not is_adept and prompt is not None and submodules > 1 and prompt.shape[0] == m * submodules:
+        state["prompt.weight"] = prompt[:m].clone()
     return config, state
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -24,70 +25,34 @@ from torch import nn
 from .config import AdeptConfig
 from .layers import PositionOffset, SoftPrompt, TokenOffsetFFN, _true_shape, gathered
 
+if TYPE_CHECKING:
+    from .fold import FoldedAdeptModel
+
 IGNORE_INDEX = -100
 
 
-class AdeptModel(nn.Module):
-    """Wraps `base_model` (a transformers `PreTrainedModel`), freezes it and adds the adapter.
+class PromptedModel(nn.Module):
+    """What `AdeptModel` and `FoldedAdeptModel` share: a frozen backbone, a soft prompt, and the prompted
+    `forward` / `generate`.
 
-    Build it with `get_adept_model(base_model, config, tokenizer)`; reload a saved adapter with
-    `AdeptModel.from_pretrained(base_model, path)`.
+    Subclasses say how input ids become embeddings (`embed_inputs`); the base prepends the prompt,
+    extends the attention mask (and, for causal models, the labels) and calls the backbone.
     """
 
-    def __init__(self, base_model: nn.Module, config: AdeptConfig, tokenizer=None, *, init_prompt: bool = True):
+    def __init__(self, base_model: nn.Module, config: AdeptConfig, prompt: SoftPrompt):
         super().__init__()
         self.base_model = base_model
         self.config = config
         self.is_encoder_decoder = bool(getattr(base_model.config, "is_encoder_decoder", False))
-        base_model.requires_grad_(False)
-        embedding = base_model.get_input_embeddings()
-        vocab_size, d = _true_shape(embedding.weight)
-        self.hidden_size, self.vocab_size = d, vocab_size
-        if config.base_model_name_or_path is None:
-            config.base_model_name_or_path = getattr(base_model, "name_or_path", None) or None
-        if config.revision is None:
-            config.revision = getattr(base_model.config, "_commit_hash", None)
+        self.vocab_size, self.hidden_size = _true_shape(base_model.get_input_embeddings().weight)
+        self.prompt = prompt
 
-        device = embedding.weight.device
-        # Seed the adapter init without disturbing the caller's global RNG.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            self.prompt = SoftPrompt(config.num_virtual_tokens, d)
-            self.ffn = (
-                TokenOffsetFFN(d, config.ffn_hidden_size, config.ffn_dropout) if config.method == "adept" else None
-            )
-            self.position_offset = (
-                PositionOffset(config.max_length, config.rank, d, config.dept_alpha) if config.method == "dept" else None
-            )
-            for module in (self.prompt, self.ffn, self.position_offset):
-                if module is not None:
-                    module.to(device)
-            if init_prompt:
-                self._init_prompt(embedding, tokenizer)
-
-    # ------------------------------------------------------------------ init
-    def _init_prompt(self, embedding: nn.Embedding, tokenizer) -> None:
-        cfg = self.config
-        if cfg.num_virtual_tokens == 0 or cfg.prompt_init == "random":
-            return
-        if cfg.prompt_init == "sample_vocab":
-            ids = torch.randint(0, self.vocab_size, (cfg.num_virtual_tokens,)).tolist()
-        else:
-            tokenizer = tokenizer or _load_tokenizer(cfg.base_model_name_or_path)
-            ids = tokenizer(cfg.prompt_init_text, add_special_tokens=True)["input_ids"]
-        self.prompt.init_from_token_ids(ids, embedding)
-
-    # ------------------------------------------------------------------ the method
     @property
     def num_virtual_tokens(self) -> int:
         return self.config.num_virtual_tokens
 
     def input_offset(self, embeds: torch.Tensor, start: int = 0) -> torch.Tensor | None:
-        """The offset added to token embeddings (B, L, d) at input positions start..start+L-1, or None (PT)."""
-        if self.ffn is not None:
-            return self.ffn(embeds)
-        if self.position_offset is not None:
-            return self.position_offset(embeds, start)
+        """The offset added to token embeddings (B, L, d) at input positions start..start+L-1, or None."""
         return None
 
     def embed_inputs(self, input_ids: torch.Tensor, start: int = 0) -> torch.Tensor:
@@ -96,12 +61,11 @@ class AdeptModel(nn.Module):
         offset = self.input_offset(embeds, start)
         return embeds if offset is None else embeds + offset
 
+    def _check_inputs(self, input_ids: torch.Tensor) -> None:
+        """Refuse inputs the adapter cannot handle (DePT: longer than s)."""
+
     def _prompted_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
-        if self.position_offset is not None and input_ids.shape[1] > self.position_offset.max_length:
-            raise ValueError(
-                f"DePT input length {input_ids.shape[1]} exceeds max_length={self.position_offset.max_length}; "
-                "truncate inputs to AdeptConfig.max_length (DePT's offsets cover exactly s positions)."
-            )
+        self._check_inputs(input_ids)
         embeds = self.embed_inputs(input_ids)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -138,6 +102,78 @@ class AdeptModel(nn.Module):
         with self._offset_fed_back_tokens(start=input_ids.shape[1]):
             new_tokens = self.base_model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
         return torch.cat([input_ids, new_tokens.to(input_ids.device)], dim=1)
+
+    def _offset_fed_back_tokens(self, start: int) -> contextlib.AbstractContextManager:
+        """While generating, what makes the backbone's own embedding lookups match `embed_inputs`."""
+        return contextlib.nullcontext()
+
+    def export_peft(self, path: str | Path, **kwargs):
+        """Write `<path>/base` + `<path>/adapter` for plain transformers + PEFT; see `adept.peft_export.export_peft`."""
+        from .peft_export import export_peft
+
+        return export_peft(self, path, **kwargs)
+
+
+class AdeptModel(PromptedModel):
+    """Wraps `base_model` (a transformers `PreTrainedModel`), freezes it and adds the adapter.
+
+    Build it with `get_adept_model(base_model, config, tokenizer)`; reload a saved adapter with
+    `AdeptModel.from_pretrained(base_model, path)`.
+    """
+
+    def __init__(self, base_model: nn.Module, config: AdeptConfig, tokenizer=None, *, init_prompt: bool = True):
+        base_model.requires_grad_(False)
+        embedding = base_model.get_input_embeddings()
+        d = _true_shape(embedding.weight)[1]
+        if config.base_model_name_or_path is None:
+            config.base_model_name_or_path = getattr(base_model, "name_or_path", None) or None
+        if config.revision is None:
+            config.revision = getattr(base_model.config, "_commit_hash", None)
+
+        device = embedding.weight.device
+        # Seed the adapter init without disturbing the caller's global RNG.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            super().__init__(base_model, config, SoftPrompt(config.num_virtual_tokens, d))
+            self.ffn = (
+                TokenOffsetFFN(d, config.ffn_hidden_size, config.ffn_dropout) if config.method == "adept" else None
+            )
+            self.position_offset = (
+                PositionOffset(config.max_length, config.rank, d, config.dept_alpha) if config.method == "dept" else None
+            )
+            for module in (self.prompt, self.ffn, self.position_offset):
+                if module is not None:
+                    module.to(device)
+            if init_prompt:
+                self._init_prompt(embedding, tokenizer)
+
+    # ------------------------------------------------------------------ init
+    def _init_prompt(self, embedding: nn.Embedding, tokenizer) -> None:
+        cfg = self.config
+        if cfg.num_virtual_tokens == 0 or cfg.prompt_init == "random":
+            return
+        if cfg.prompt_init == "sample_vocab":
+            ids = torch.randint(0, self.vocab_size, (cfg.num_virtual_tokens,)).tolist()
+        else:
+            tokenizer = tokenizer or _load_tokenizer(cfg.base_model_name_or_path)
+            ids = tokenizer(cfg.prompt_init_text, add_special_tokens=True)["input_ids"]
+        self.prompt.init_from_token_ids(ids, embedding)
+
+    # ------------------------------------------------------------------ the method
+    def input_offset(self, embeds: torch.Tensor, start: int = 0) -> torch.Tensor | None:
+        """The offset added to token embeddings (B, L, d) at input positions start..start+L-1, or None (PT)."""
+        if self.ffn is not None:
+            return self.ffn(embeds)
+        if self.position_offset is not None:
+            return self.position_offset(embeds, start)
+        return None
+
+    def _check_inputs(self, input_ids: torch.Tensor) -> None:
+        if self.position_offset is not None and input_ids.shape[1] > self.position_offset.max_length:
+            raise ValueError(
+                f"DePT input length {input_ids.shape[1]} exceeds max_length={self.position_offset.max_length}; "
+                "truncate inputs to AdeptConfig.max_length (DePT's offsets cover exactly s positions)."
+            )
 
     @contextlib.contextmanager
     def _offset_fed_back_tokens(self, start: int) -> Iterator[None]:
@@ -180,19 +216,19 @@ class AdeptModel(nn.Module):
 
     # ------------------------------------------------------------------ files
     def save_pretrained(self, path: str | Path) -> None:
-        """Write `adapter_config.json` + `adapter_model.safetensors` (adapter tensors only)."""
+        """Write `adept_config.json` + `adept_model.safetensors` (adapter tensors only; see `adept.io`)."""
         from .io import save_adapter
 
         save_adapter(self, path)
 
     @classmethod
     def from_pretrained(cls, base_model: nn.Module, path: str | Path) -> AdeptModel:
-        """Load an adapter saved by `save_pretrained`, or an official ADePT checkpoint folder."""
+        """Load an adapter saved by `save_pretrained` (also adept-ray 0.1), or an official ADePT / PEFT prompt-tuning folder."""
         from .io import load_adapter
 
         return load_adapter(base_model, path)
 
-    def fold(self):
+    def fold(self) -> FoldedAdeptModel:
         """ADePT only: a `FoldedAdeptModel` whose input embedding table is E + FFN(E) (eval-mode exact)."""
         from .fold import fold_adept
 
@@ -245,4 +281,4 @@ def _load_tokenizer(name_or_path: str | None):
         ) from err
 
 
-__all__ = ["AdeptModel", "get_adept_model", "IGNORE_INDEX", "gathered"]
+__all__ = ["PromptedModel", "AdeptModel", "get_adept_model", "IGNORE_INDEX", "gathered"]

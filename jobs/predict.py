@@ -13,7 +13,6 @@ Inputs: CSV or JSONL with the task's input columns (movie-sentiment: `text`; a c
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -61,14 +60,17 @@ def load_model(args):
             mlflow.set_tracking_uri(args.mlflow_uri)
             mlflow.set_registry_uri(args.mlflow_uri)
         return mlflow.pyfunc.load_model(source, model_config=overrides)
+    from adept.io import CONFIG_NAME, PEFT_CONFIG_NAME, find_adapter_files
+
     adapter = Path(source)
-    if not (adapter / "adapter_config.json").is_file():
+    try:
+        files = find_adapter_files(adapter)  # any layout adept reads: adept-ray, adept-ray 0.1, official ADePT/PEFT
+    except FileNotFoundError:
         raise FileNotFoundError(f"{source!r} is neither a models:/ URI, a pyfunc folder (MLmodel) nor an adapter "
-                                "folder (adapter_config.json).")
+                                f"folder ({CONFIG_NAME} or {PEFT_CONFIG_NAME}).") from None
     if not args.task:
         raise ValueError("an adapter folder needs --task (a registered task name or a custom-task YAML).")
-    meta = json.loads((adapter / "adapter_config.json").read_text())
-    backbone = args.backbone or meta.get("backbone", {}).get("name_or_path")
+    backbone = args.backbone or files.backbone
     if not backbone:
         raise ValueError("the adapter does not record its backbone: pass --backbone.")
     from pipeline.registry import Candidate, model_config

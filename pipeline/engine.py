@@ -13,9 +13,8 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file
 
-from adept.io import load_adapter_state_dict
+from adept.io import load_adapter_state_dict, read_adapter_state_dict
 from pipeline.config import TrainConfig
 
 ENGINE_TAG = "state"
@@ -119,4 +118,4 @@ class DDPTrainEngine:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.micro = state["micro"]
-        load_adapter_state_dict(self.module, load_file(str(adapter_dir / "adapter_model.safetensors")), str(adapter_dir))
+        load_adapter_state_dict(self.module, read_adapter_state_dict(adapter_dir), str(adapter_dir))

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from transformers import get_linear_schedule_with_warmup
 
-from adept.io import adapter_state_dict, load_adapter_state_dict, save_adapter
+from adept.io import adapter_state_dict, load_adapter_state_dict, read_adapter_state_dict, save_adapter
 from pipeline.config import TrainConfig, apply_driver_env
 from pipeline.distributed import distributed_evaluate, epoch_batches, reduce_sums
 from pipeline.engine import build_engine
@@ -192,9 +192,7 @@ def _restore(engine, ckpt_dir: Path) -> tuple[TrainState, dict | None]:
     engine.load_state(ckpt_dir / "engine", ckpt_dir / "adapter")
     best_state = None
     if (ckpt_dir / "best_adapter").is_dir():
-        from safetensors.torch import load_file
-
-        best_state = load_file(str(ckpt_dir / "best_adapter" / "adapter_model.safetensors"))
+        best_state = read_adapter_state_dict(ckpt_dir / "best_adapter")
     return state, best_state
 
 

@@ -7,7 +7,15 @@ from tiny import tiny_llama, tiny_t5
 from wrapped import BACKBONES, METHOD_CONFIGS, inputs, make_model
 
 from adept import AdeptModel
-from adept.io import CONFIG_NAME, WEIGHTS_NAME
+from adept.io import (
+    CONFIG_NAME,
+    PEFT_CONFIG_NAME,
+    PEFT_WEIGHTS_NAME,
+    WEIGHTS_NAME,
+    find_adapter_files,
+    is_adapter_dir,
+    read_adapter_state_dict,
+)
 
 MATRIX = [(b, m) for b in BACKBONES for m in METHOD_CONFIGS]
 
@@ -35,7 +43,8 @@ def test_files_hold_only_adapter_tensors_and_provenance(tok, tmp_path):
     assert meta["backbone"] == {"name_or_path": None, "revision": None, "model_type": "t5", "hidden_size": 32,
                                 "vocab_size": 37, "is_encoder_decoder": True}
     assert meta["dtype"] == "float32" and meta["num_trainable_params"] == 4 * 32 + 2 * 32 * 3 + 3 + 32
-    assert meta["library_version"]
+    assert meta["library_version"] and meta["format"] == "adept-ray" and meta["format_version"] == 2
+    assert "peft_type" not in meta  # nothing that PEFT or transformers' PEFT integration would take for its own
     assert sorted(p.name for p in tmp_path.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]  # no temp files left
 
 
@@ -144,6 +153,89 @@ class _Evil:
 
 
 def test_unknown_adapter_format_is_refused(tmp_path):
-    (tmp_path / CONFIG_NAME).write_text(json.dumps({"peft_type": "LORA"}))
+    (tmp_path / PEFT_CONFIG_NAME).write_text(json.dumps({"peft_type": "LORA"}))
     with pytest.raises(ValueError, match="peft_type='LORA'"):
         AdeptModel.from_pretrained(BACKBONES["t5"](), tmp_path)
+    (tmp_path / CONFIG_NAME).write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(ValueError, match="format='something-else'"):
+        AdeptModel.from_pretrained(BACKBONES["t5"](), tmp_path)
+
+
+# ---------------------------------------------------------------- file names no other library claims (issue 13)
+def _legacy_folder(model, path):
+    """An adapter folder as adept-ray 0.1 wrote it: PEFT's file names and peft_type "ADEPT"."""
+    model.save_pretrained(path)
+    meta = json.loads((path / CONFIG_NAME).read_text())
+    meta = {"format": meta.pop("format"), "library_version": "0.1.0", "peft_type": "ADEPT",
+            **{k: v for k, v in meta.items() if k != "format_version"}}
+    (path / PEFT_CONFIG_NAME).write_text(json.dumps(meta))
+    (path / WEIGHTS_NAME).rename(path / PEFT_WEIGHTS_NAME)
+    (path / CONFIG_NAME).unlink()
+
+
+@pytest.mark.serving
+@pytest.mark.parametrize("backbone", ["t5", "llama"])
+def test_adapter_folders_of_adept_ray_0_1_still_load(backbone, tok, tmp_path):
+    model = make_model(backbone, "adept", tok)
+    _legacy_folder(model, tmp_path)
+    files = find_adapter_files(tmp_path)
+    assert (files.layout, files.config.name, files.weights.name) == ("adept-legacy", PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME)
+    again = AdeptModel.from_pretrained(BACKBONES[backbone](), tmp_path).eval()
+    b = inputs(tok, backbone)
+    with torch.no_grad():
+        assert torch.equal(model(**b).logits, again(**b).logits)
+    # saving into the old folder replaces the old files, so nothing there looks like a PEFT adapter any more
+    again.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+
+
+@pytest.mark.serving
+def test_find_adapter_files_knows_all_three_layouts(tok, tmp_path):
+    model = make_model("t5", "adept", tok)
+    model.config.base_model_name_or_path = "some/t5"
+    model.save_pretrained(tmp_path / "ours")
+    _legacy_folder(model, tmp_path / "legacy")
+    _official_folder(tmp_path / "official")
+    found = {name: find_adapter_files(tmp_path / name) for name in ("ours", "legacy", "official")}
+    assert {n: f.layout for n, f in found.items()} == {"ours": "adept", "legacy": "adept-legacy", "official": "peft"}
+    assert {n: f.weights.name for n, f in found.items()} == {
+        "ours": WEIGHTS_NAME, "legacy": PEFT_WEIGHTS_NAME, "official": "adapter_model.bin"}
+    assert {n: f.backbone for n, f in found.items()} == {"ours": "some/t5", "legacy": "some/t5", "official": "t5-base"}
+    assert all(is_adapter_dir(tmp_path / name) for name in found)
+    # the tensors under our names, whatever the layout
+    ours = read_adapter_state_dict(tmp_path / "ours")
+    assert ours.keys() == read_adapter_state_dict(tmp_path / "legacy").keys() == read_adapter_state_dict(
+        tmp_path / "official").keys() == {"prompt.weight", "ffn.w1", "ffn.b1", "ffn.w2", "ffn.b2"}
+    assert all(torch.equal(ours[n], p) for n, p in model.adapter_named_parameters())
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "lora").mkdir()
+    (tmp_path / "lora" / PEFT_CONFIG_NAME).write_text(json.dumps({"peft_type": "LORA"}))
+    for name in ("empty", "lora", "nowhere"):
+        assert not is_adapter_dir(tmp_path / name)
+    with pytest.raises(FileNotFoundError, match=f"neither '{CONFIG_NAME}'.*nor '{PEFT_CONFIG_NAME}'"):
+        find_adapter_files(tmp_path / "empty")
+
+
+@pytest.mark.serving
+@pytest.mark.parametrize("backbone", ["llama", "t5"])
+def test_transformers_and_peft_do_not_take_the_folder_for_a_peft_adapter(backbone, tok, tmp_path):
+    """With peft installed, an adapter folder fails to load as a model exactly as an empty folder does."""
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    auto = AutoModelForSeq2SeqLM if backbone == "t5" else AutoModelForCausalLM
+    model = make_model(backbone, "adept", tok)
+    model.save_pretrained(tmp_path / "adapter")
+    (tmp_path / "empty").mkdir()
+
+    def failure(load, folder):
+        with pytest.raises(Exception) as info:  # noqa: PT011 - the type is what is compared
+            load(str(tmp_path / folder))
+        assert not isinstance(info.value, KeyError), info.value
+        return type(info.value), str(info.value).replace(str(tmp_path / folder), "<dir>")
+
+    assert failure(auto.from_pretrained, "adapter") == failure(auto.from_pretrained, "empty")
+    base = BACKBONES[backbone]()
+    assert failure(lambda p: peft.PeftModel.from_pretrained(base, p), "adapter") == failure(
+        lambda p: peft.PeftModel.from_pretrained(base, p), "empty")

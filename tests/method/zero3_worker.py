@@ -19,6 +19,7 @@ from tiny import tiny_llama, tiny_tokenizer  # noqa: E402
 
 from adept import AdeptConfig, AdeptModel, get_adept_model  # noqa: E402
 from adept.fold import folded_embedding_table  # noqa: E402
+from adept.io import WEIGHTS_NAME  # noqa: E402
 
 importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None  # skip the shm JIT build
 deepspeed.init_distributed(dist_backend="gloo")
@@ -45,7 +46,7 @@ for _ in range(4):
 result["losses"] = losses
 out = Path(tempfile.mkdtemp())
 engine.module.save_pretrained(out)
-saved = load_file(str(out / "adapter_model.safetensors"))
+saved = load_file(str(out / WEIGHTS_NAME))
 result["saved_shapes"] = {k: list(v.shape) for k, v in saved.items()}
 result["folded_table_shape"] = list(folded_embedding_table(engine.module).shape)
 try:

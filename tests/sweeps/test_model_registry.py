@@ -120,7 +120,7 @@ def test_champion_predicts_with_and_without_folding(store, tmp_path):
                              str(inputs), "--output", str(out), *folded]) == 0
         rows = [json.loads(line) for line in out.read_text().splitlines()]
         assert [r["prediction"] for r in rows] == predictions and rows[0]["sentence"] == texts[0]
-    out = tmp_path / "adapter.csv"  # an adapter folder directly, backbone from its adapter_config.json
+    out = tmp_path / "adapter.csv"  # an adapter folder directly, backbone from its adept_config.json
     assert predict_main(["--model", str(store["adapter"]), "--task", str(store["run"].config.task),
                          "--max-source-length", "32", "--max-target-length", "4", "--input", str(inputs),
                          "--output", str(out)]) == 0

@@ -24,6 +24,8 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from adept.io import CONFIG_NAME, WEIGHTS_NAME
+
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -131,7 +133,7 @@ def test_job_submit_sweep_register_predict(ray_head, synthetic_task, tiny_backbo
         assert child.data.tags["adept.trial_status"] in ("completed", "stopped")
         assert len(client.get_metric_history(child.info.run_id, "val_accuracy")) >= 1
         assert {a.path for a in client.list_artifacts(child.info.run_id, "best_adapter")} == {
-            "best_adapter/adapter_model.safetensors", "best_adapter/adapter_config.json"}
+            f"best_adapter/{WEIGHTS_NAME}", f"best_adapter/{CONFIG_NAME}"}
         if child.data.tags["adept.trial_status"] == "completed":
             assert child.info.status == "FINISHED" and "test_accuracy" in child.data.metrics
         else:  # stopped by ASHA at its rung: closed as KILLED by the sweep's summary

@@ -8,6 +8,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from adept.io import WEIGHTS_NAME
 from jobs.tune_adept import main
 
 pytestmark = pytest.mark.slow
@@ -49,7 +50,7 @@ def test_retry_error_report_and_resume(synthetic_task, tiny_backbone, tmp_path, 
     assert by_bs["16"]["status"] == "completed" and by_bs["512"]["status"] == "error"
     assert "too few" in by_bs["512"]["error"]
     adapter = Path(by_bs["16"]["adapter"])
-    assert (adapter / "adapter_model.safetensors").is_file()
+    assert (adapter / WEIGHTS_NAME).is_file()
     state = json.loads((adapter.parent / "trainer_state.json").read_text())
     assert state["step"] == 20 and state["resumed_at"] == [10]  # the retry continued, it did not restart
     assert (adapter.parents[1] / ".failure-injected-at-15").exists()

@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from adept import AdeptModel
+from adept.io import CONFIG_NAME, WEIGHTS_NAME
 from jobs.train_adept import main
 from pipeline.config import TrainConfig
 from pipeline.evaluation import EvalConfig, evaluate
@@ -65,7 +66,7 @@ def test_two_workers_deepspeed_learn_and_best_adapter_reproduces(stage, syntheti
     assert "test_accuracy" in run.data.metrics and "tokens_per_s" in run.data.metrics
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 6
     artifacts = {a.path for p in ("best_adapter", "predictions", "config") for a in client.list_artifacts(run.info.run_id, p)}
-    assert {"best_adapter/adapter_model.safetensors", "best_adapter/adapter_config.json", "predictions/test.json",
+    assert {f"best_adapter/{WEIGHTS_NAME}", f"best_adapter/{CONFIG_NAME}", "predictions/test.json",
             "predictions/validation_best.json", "config/resolved_config.json"} <= artifacts
     table = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="predictions/test.json",
                                                                  tracking_uri=client._tracking_client.tracking_uri)).read_text())
