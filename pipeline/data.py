@@ -169,11 +169,9 @@ def tokenize_dataset(
     Returns the dataset (all original columns kept) and a `TruncationReport`, also logged.
     """
     encoder = Encoder(tokenizer, config)
-
-    def fn(batch: Mapping[str, list]) -> dict[str, list]:
-        return encoder.encode(batch["source"], batch["target"])
-
-    out = dataset.map(fn, batched=True, desc=f"tokenize {split}".strip())
+    # A module-level function with the encoder as an argument: `datasets` hashes both for its cache, and
+    # hashing a closure makes dill print its disassembled bytecode (Ray workers then forward every line).
+    out = dataset.map(_encode_batch, batched=True, fn_kwargs={"encoder": encoder}, desc=f"tokenize {split}".strip())
     s_len, t_len = list(out["source_length"]), list(out["target_length"])
     s_max = config.max_source_length  # = specials + source budget (+ separator for causal)
     report = TruncationReport(
@@ -189,6 +187,10 @@ def tokenize_dataset(
     else:
         logger.info("truncation: %s", report.message())
     return out.remove_columns(["source_length", "target_length"]), report
+
+
+def _encode_batch(batch: Mapping[str, list], encoder: Encoder) -> dict[str, list]:
+    return encoder.encode(batch["source"], batch["target"])
 
 
 def pad_sequences(

@@ -57,13 +57,23 @@ def join_fields(*pairs: tuple[str, Any]) -> str:
     return " ".join(f"{name}: {value}" for name, value in pairs)
 
 
+@dataclass(frozen=True)
+class FieldsFormatter:
+    """Formatter for the common case: source = ``col: value`` for each column, class id from ``label``.
+
+    A class rather than a closure: `datasets` hashes the formatter to fingerprint its cache, and dill
+    hashes a closure by disassembling its bytecode to stdout, which Ray workers then print.
+    """
+
+    columns: tuple[str, ...]
+    label: str = "label"
+
+    def __call__(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        return {"source": join_fields(*((c, row[c]) for c in self.columns)), "label": row[self.label]}
+
+
 def fields_formatter(*columns: str, label: str = "label") -> Formatter:
-    """Formatter for the common case: source = ``col: value`` for each column, class id from ``label``."""
-
-    def fmt(row: Mapping[str, Any]) -> dict[str, Any]:
-        return {"source": join_fields(*((c, row[c]) for c in columns)), "label": row[label]}
-
-    return fmt
+    return FieldsFormatter(tuple(columns), label)
 
 
 def format_number(value: float, round_to: float | None) -> str:
@@ -204,25 +214,10 @@ class Task:
     # ------------------------------------------------------------------ formatting
     def format_row(self, row: Mapping[str, Any], *, explode: bool = False) -> list[dict[str, Any]]:
         """Format one raw row into one formatted row (several for ReCoRD training rows)."""
-        out = self.formatter(row)
-        source, group = str(out["source"]), int(out.get("group", -1))
-        if self.task_type == "classification":
-            label = int(out["label"])
-            if not 0 <= label < len(self.label_strings):
-                raise ValueError(
-                    f"Task {self.name}: label {label} is outside 0..{len(self.label_strings) - 1} "
-                    "(unlabelled official test splits carry -1; evaluate on validation/test from the split protocol)"
-                )
-            targets = [self.label_strings[label]]
-        elif self.task_type == "regression":
-            targets = [format_number(float(out["value"]), self.round_to)]
-        else:
-            targets = [str(a) for a in out["answers"]]
-            if not targets:
-                raise ValueError(f"Task {self.name}: a row has no gold answer; source starts {source[:80]!r}")
-        if explode:
-            return [{"source": source, "target": t, "answers": targets, "group": group} for t in targets]
-        return [{"source": source, "target": targets[0], "answers": targets, "group": group}]
+        return self._row_format().rows(row, explode)
+
+    def _row_format(self) -> RowFormat:
+        return RowFormat(self.name, self.task_type, self.formatter, self.label_strings, self.round_to)
 
     def format_dataset(self, raw: datasets.Dataset, *, explode: bool = False) -> datasets.Dataset:
         return raw.map(
@@ -230,7 +225,7 @@ class Task:
             batched=True,
             remove_columns=raw.column_names,
             features=FORMATTED_FEATURES,
-            fn_kwargs={"task": self, "explode": explode},
+            fn_kwargs={"fmt": self._row_format(), "explode": explode},
             desc=f"format {self.name}",
         )
 
@@ -306,11 +301,43 @@ class Task:
         )
 
 
-def _format_batch(batch: Mapping[str, list], task: Task, explode: bool) -> dict[str, list]:
+@dataclass(frozen=True)
+class RowFormat:
+    """What formatting a row needs, without the task's loader: `datasets` hashes it (see `FieldsFormatter`)."""
+
+    name: str
+    task_type: str
+    formatter: Formatter
+    label_strings: tuple[str, ...]
+    round_to: float | None
+
+    def rows(self, row: Mapping[str, Any], explode: bool) -> list[dict[str, Any]]:
+        out = self.formatter(row)
+        source, group = str(out["source"]), int(out.get("group", -1))
+        if self.task_type == "classification":
+            label = int(out["label"])
+            if not 0 <= label < len(self.label_strings):
+                raise ValueError(
+                    f"Task {self.name}: label {label} is outside 0..{len(self.label_strings) - 1} "
+                    "(unlabelled official test splits carry -1; evaluate on validation/test from the split protocol)"
+                )
+            targets = [self.label_strings[label]]
+        elif self.task_type == "regression":
+            targets = [format_number(float(out["value"]), self.round_to)]
+        else:
+            targets = [str(a) for a in out["answers"]]
+            if not targets:
+                raise ValueError(f"Task {self.name}: a row has no gold answer; source starts {source[:80]!r}")
+        if explode:
+            return [{"source": source, "target": t, "answers": targets, "group": group} for t in targets]
+        return [{"source": source, "target": targets[0], "answers": targets, "group": group}]
+
+
+def _format_batch(batch: Mapping[str, list], fmt: RowFormat, explode: bool) -> dict[str, list]:
     keys = list(batch)
     out: dict[str, list] = {k: [] for k in FORMATTED_FEATURES}
     for values in zip(*(batch[k] for k in keys), strict=True):
-        for row in task.format_row(dict(zip(keys, values, strict=True)), explode=explode):
+        for row in fmt.rows(dict(zip(keys, values, strict=True)), explode=explode):
             for k in out:
                 out[k].append(row[k])
     return out
