@@ -1,0 +1,48 @@
+"""Names users read in the MLflow UI: metric keys grouped by prefix, short run names that stay distinct.
+
+MLflow groups a run's charts by the part of a metric key before "/": `train/loss`, `train/lr_prompt`,
+`val/accuracy`, `val/best`, `test/accuracy`, `perf/tokens_per_s`. Ray Tune takes the same values with
+"_" instead of "/" (`val_accuracy`), since Tune reads "/" as nesting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def metric_key(group: str, name: str) -> str:
+    """`metric_key("val", "accuracy")` -> "val/accuracy"."""
+    return f"{group}/{name}"
+
+
+def ray_key(key: str) -> str:
+    """The name Ray Train / Tune report a metric under: "val/accuracy" -> "val_accuracy"."""
+    return key.replace("/", "_")
+
+
+def _short(value: Any) -> str:
+    return f"{value:.2g}" if isinstance(value, float) else str(value)
+
+
+def fit_run_name(method: str, m: int, r: int | None, task: str) -> str:
+    """e.g. "adept m8 r45 · movie-sentiment" (the distinguishing part first: the UI truncates the end)."""
+    task = Path(task).stem if task.endswith((".yaml", ".yml")) else task
+    return f"{method} m{m}" + (f" r{r}" if r is not None else "") + f" · {task}"
+
+
+def trial_run_name(index: int, params: dict[str, Any], r: int | None, sweep: str) -> str:
+    """e.g. "t03 m8 r45 · adept-demo", or "t03 dept m60 r27 s1 · compare" when method/seed are searched."""
+    parts = [f"t{index:02d}"]
+    if "method" in params:
+        parts.append(str(params["method"]))
+    if "num_virtual_tokens" in params:
+        parts.append(f"m{params['num_virtual_tokens']}")
+    if r is not None:
+        parts.append(f"r{r}")
+    if "seed" in params:
+        parts.append(f"s{params['seed']}")
+    for key in ("prompt_lr", "offset_lr"):
+        if key in params and len(parts) < 5:
+            parts.append(f"{key.split('_')[0][0]}lr{_short(params[key])}")
+    return " ".join(parts) + f" · {sweep}"
