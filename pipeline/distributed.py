@@ -11,12 +11,24 @@ from pipeline.evaluation import EvalResult, predict, score
 
 
 def epoch_batches(n: int, epoch: int, rank: int, world: int, micro: int, seed: int) -> list[list[int]]:
-    """This rank's micro-batches of row indices for `epoch`: a seeded shuffle, an equal contiguous share per
-    rank, whole batches only (every rank runs the same number of steps, which DDP and ZeRO need)."""
+    """This rank's micro-batches of row indices for `epoch`, from one seeded shuffle shared by all ranks.
+
+    Micro-step k of the epoch covers rows order[k·micro·world : (k+1)·micro·world] and rank r takes its
+    r-th slice, so N workers see at each step exactly the rows one worker would (the same adapter within
+    float tolerance, dropout aside). Whole steps only: every rank runs the same number of steps.
+    """
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
-    share = n // world
-    mine = order[rank * share:(rank + 1) * share]
-    return [mine[i:i + micro] for i in range(0, share - micro + 1, micro)]
+    per_step = micro * world
+    return [order[start + rank * micro:start + (rank + 1) * micro] for start in range(0, n - per_step + 1, per_step)]
+
+
+def gather_objects(obj) -> list:
+    """Every rank's `obj`, in rank order (a list of one without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def reduce_sums(values: list[float]) -> list[float]:
@@ -45,16 +57,24 @@ class _SyncedGenerate:
 
 @torch.no_grad()
 def distributed_evaluate(model, tokenizer, task, dataset, config, rank: int, world: int,
-                         synced_generate: bool = False) -> EvalResult:
+                         synced_generate: bool = False, progress=None) -> EvalResult:
     """Each rank predicts an equal-sized shard (the last ones padded), predictions are gathered, every
-    rank scores the full split. Equal shards keep ZeRO-3's per-forward collectives in step."""
+    rank scores the full split. Equal shards keep ZeRO-3's per-forward collectives in step.
+
+    `progress(rows_done)` (rank 0's estimate of the whole split) is called between chunks of the shard.
+    """
     n = len(dataset)
     per = math.ceil(n / world)
     real = [max(0, min(n, (k + 1) * per) - k * per) for k in range(world)]
     indices = list(range(rank * per, rank * per + real[rank])) + [n - 1] * (per - real[rank])
     sources = list(dataset.select(indices)["source"])
     runner = _SyncedGenerate(model) if synced_generate and world > 1 else model
-    predictions = predict(runner, tokenizer, task, sources, config)
+    chunk = max(config.batch_size, 1) * 4
+    predictions = []
+    for start in range(0, len(sources), chunk):
+        predictions += predict(runner, tokenizer, task, sources[start:start + chunk], config)
+        if progress is not None:
+            progress(min(n, len(predictions) * world))
     if world > 1:
         shards: list = [None] * world
         dist.all_gather_object(shards, predictions)

@@ -1,7 +1,10 @@
 """One interface over the two ways a worker trains: a DeepSpeed engine (ZeRO 0-3) or plain DDP.
 
 `train_micro_batch` runs forward + backward on one micro-batch and steps the optimizer at accumulation
-boundaries (returns whether it did); `save_state` / `load_state` hold optimizer, scheduler and adapter.
+boundaries (returns whether it did). `snapshot()` / `restore()` hand the trainer's state over as full,
+unsharded tensors + JSON (see `pipeline.checkpoint`): adapter fp32 weights, AdamW moments, per-group step
+and lr, scheduler and engine counters. Both are collective calls under DeepSpeed (every rank calls them).
+Nothing is pickled, and a snapshot taken on N workers restores on M.
 The GPU path is the same code: the device and DeepSpeed's accelerator decide NCCL vs gloo, bf16 vs fp32.
 """
 
@@ -9,15 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
-from adept.io import load_adapter_state_dict, read_adapter_state_dict
+from pipeline.checkpoint import TrainerSnapshot
 from pipeline.config import TrainConfig
 
-ENGINE_TAG = "state"
+MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
 def deepspeed_config(cfg: TrainConfig) -> dict:
@@ -46,14 +47,38 @@ def build_engine(cfg: TrainConfig, model, optimizer, scheduler, device: torch.de
     return DDPTrainEngine(cfg, model, optimizer, scheduler, device, world)
 
 
-class DeepSpeedTrainEngine:
+class _Engine:
+    """What both engines share: the client optimizer (AdamW over the two groups) and the scheduler."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    module: torch.nn.Module
+
+    def learning_rates(self) -> dict[str, float]:
+        return {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
+
+    def _group_meta(self, step: int) -> dict:
+        return {"groups": [{"name": g.get("name", str(i)), "lr": g["lr"]} for i, g in enumerate(self.optimizer.param_groups)],
+                "optimizer_steps": step, "scheduler": self.scheduler.state_dict()}
+
+    def _restore_groups(self, meta: dict) -> None:
+        names = [g.get("name", str(i)) for i, g in enumerate(self.optimizer.param_groups)]
+        saved = [g["name"] for g in meta["groups"]]
+        if names != saved:
+            raise ValueError(f"checkpoint optimizer groups {saved} do not match this run's {names} (another method?).")
+        for group, entry in zip(self.optimizer.param_groups, meta["groups"], strict=True):
+            group["lr"] = entry["lr"]
+        self.scheduler.load_state_dict(meta["scheduler"])
+
+
+class DeepSpeedTrainEngine(_Engine):
     def __init__(self, cfg, model, optimizer, scheduler, device, world):
         import deepspeed
 
         if device.type == "cpu":
             # The shared-memory comm op is a 30-75 s JIT compile on first use and gloo works without it.
             importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
-        self.world, self.client_optimizer = world, optimizer
+        self.world, self.optimizer, self.scheduler = world, optimizer, scheduler
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                config=deepspeed_config(cfg), dist_init_required=False)
         self.module = self.engine.module
@@ -66,18 +91,72 @@ class DeepSpeedTrainEngine:
         self.engine.step()
         return loss.item(), boundary
 
-    def learning_rates(self) -> dict[str, float]:
-        return {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.client_optimizer.param_groups)}
+    def _link_optimizer_state(self) -> None:
+        """DeepSpeed (ZeRO-1/2, bf16) links each parameter to its AdamW state once, after the first step of the
+        *first* group, before the second group has any state: with our two groups (prompt, offset) the offset
+        group is never linked and `safe_*_full_optimizer_state` fails for it. Link again once all groups have state."""
+        inner = self.engine.optimizer
+        if hasattr(inner, "_hp_optimizer_states_linked") and hasattr(inner, "_lazy_init_hp_params_optimizer_state"):
+            inner._hp_optimizer_states_linked = False
+            inner._lazy_init_hp_params_optimizer_state()
 
-    def save_state(self, path: Path) -> None:
-        # Frozen backbone excluded: each rank writes only its shard of the adapter's optimizer state (KBs).
-        self.engine.save_checkpoint(str(path), tag=ENGINE_TAG, exclude_frozen_parameters=True, save_latest=False)
+    def snapshot(self, step: int) -> TrainerSnapshot:
+        from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
-    def load_state(self, path: Path, adapter_dir: Path) -> None:
-        self.engine.load_checkpoint(str(path), tag=ENGINE_TAG, load_module_strict=False)
+        self._link_optimizer_state()
+        tensors = {}
+        for name, param in self.module.adapter_named_parameters():
+            full = safe_get_full_fp32_param(param)  # ZeRO 1-3 / bf16: the fp32 master, gathered
+            tensors[f"param/{name}"] = (param.detach() if full is None else full).float().cpu().clone()
+            for key in MOMENTS:
+                value = safe_get_full_optimizer_state(param, key)
+                if value is None:  # ZeRO-0 fp32: the client optimizer holds plain per-parameter state
+                    value = self.optimizer.state.get(param, {}).get(key, torch.zeros_like(param))
+                tensors[f"{key}/{name}"] = value.float().cpu().clone()
+        meta = {**self._group_meta(step), "counters": {k: int(getattr(self.engine, k)) for k in
+                                                       ("global_steps", "global_samples", "micro_steps")}}
+        return TrainerSnapshot(tensors, meta)
+
+    def restore(self, snapshot: TrainerSnapshot, warmup_batch: dict) -> None:
+        """Load a snapshot into a fresh engine.
+
+        AdamW creates its state at the first step, and DeepSpeed links its partitions to it then, so one
+        step with lr 0 on a zero loss creates it first (params unchanged: the update is lr·(...) = 0);
+        then every tensor is written through DeepSpeed's public full-tensor setters, which re-shard it.
+        """
+        from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+
+        saved_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        for group in self.optimizer.param_groups:
+            group["lr"] = 0.0
+        while True:  # up to the next accumulation boundary, whatever this engine ran before
+            self.engine.backward(self.engine(**warmup_batch).loss * 0.0)
+            boundary = self.engine.is_gradient_accumulation_boundary()
+            self.engine.step()
+            if boundary:
+                break
+        for group, lr in zip(self.optimizer.param_groups, saved_lrs, strict=True):
+            group["lr"] = lr
+        self._link_optimizer_state()
+        for name, param in self.module.adapter_named_parameters():
+            value = snapshot.tensors[f"param/{name}"]
+            if hasattr(param, "_hp_mapping") or hasattr(param, "ds_id"):
+                safe_set_full_fp32_param(param, value.to(param.device))
+            with torch.no_grad(), _gathered(param):
+                param.copy_(value.to(param.dtype))  # the working copy (bf16 / ZeRO-3 partition) as well
+            for key in MOMENTS:
+                moment = snapshot.tensors[f"{key}/{name}"]
+                if hasattr(param, "_hp_mapping") or hasattr(param, "ds_id"):
+                    safe_set_full_optimizer_state(param, moment.to(param.device), key)
+                else:
+                    self.optimizer.state[param][key].copy_(moment)
+        _set_optimizer_steps(self.optimizer, snapshot.meta["optimizer_steps"])
+        self._restore_groups(snapshot.meta)
+        for key, value in snapshot.meta["counters"].items():
+            setattr(self.engine, key, value)
 
 
-class DDPTrainEngine:
+class DDPTrainEngine(_Engine):
     def __init__(self, cfg, model, optimizer, scheduler, device, world):
         self.cfg, self.world, self.device = cfg, world, device
         self.optimizer, self.scheduler, self.micro = optimizer, scheduler, 0
@@ -104,18 +183,40 @@ class DDPTrainEngine:
             self.optimizer.zero_grad(set_to_none=True)
         return loss.item(), boundary
 
-    def learning_rates(self) -> dict[str, float]:
-        return {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
+    def snapshot(self, step: int) -> TrainerSnapshot:
+        tensors = {}
+        for name, param in self.module.adapter_named_parameters():
+            tensors[f"param/{name}"] = param.detach().float().cpu().clone()
+            state = self.optimizer.state.get(param, {})
+            for key in MOMENTS:
+                tensors[f"{key}/{name}"] = state.get(key, torch.zeros_like(param)).float().cpu().clone()
+        return TrainerSnapshot(tensors, {**self._group_meta(step), "counters": {"micro": self.micro}})
 
-    def save_state(self, path: Path) -> None:
-        if not dist.is_initialized() or dist.get_rank() == 0:
-            path.mkdir(parents=True, exist_ok=True)
-            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                        "micro": self.micro}, path / "optimizer.pt")
+    def restore(self, snapshot: TrainerSnapshot, warmup_batch: dict | None = None) -> None:
+        steps = snapshot.meta["optimizer_steps"]
+        self.optimizer.zero_grad(set_to_none=True)  # no half-accumulated gradient survives a restore
+        with torch.no_grad():
+            for name, param in self.module.adapter_named_parameters():
+                param.copy_(snapshot.tensors[f"param/{name}"].to(param.dtype))
+                if steps:
+                    self.optimizer.state[param] = {
+                        "step": torch.tensor(float(steps)),
+                        **{key: snapshot.tensors[f"{key}/{name}"].to(param.device).clone() for key in MOMENTS}}
+        self._restore_groups(snapshot.meta)
+        self.micro = snapshot.meta["counters"]["micro"]
 
-    def load_state(self, path: Path, adapter_dir: Path) -> None:
-        state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)  # plain tensors only
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.micro = state["micro"]
-        load_adapter_state_dict(self.module, read_adapter_state_dict(adapter_dir), str(adapter_dir))
+
+def _set_optimizer_steps(optimizer: torch.optim.Optimizer, steps: int) -> None:
+    """AdamW's bias correction reads `step` from every state entry; all of them stepped together."""
+    for entry in optimizer.state.values():
+        if "step" in entry:
+            if torch.is_tensor(entry["step"]):
+                entry["step"].fill_(float(steps))
+            else:
+                entry["step"] = steps
+
+
+def _gathered(param):
+    from adept.layers import gathered
+
+    return gathered([param])
