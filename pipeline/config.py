@@ -7,8 +7,11 @@ Loaded from YAML (`configs/*.yaml`) plus `key=value` overrides; every check that
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,9 +74,12 @@ class TrainConfig:
     num_checkpoints_to_keep: int = 2
     mlflow_uri: str | None = None  # default: $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db
     experiment: str = "adept"
+    tracking_outage_s: float = 600.0  # keep training while MLflow is unreachable this long (logs buffered)
+    node_wait_s: float = 300.0  # after losing a node: wait this long for capacity to come back, then fail
     seed: int = 42
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _one_of("method", self.method, METHODS)
         _one_of("prompt_init", self.prompt_init, PROMPT_INITS)
         _one_of("precision", self.precision, PRECISIONS)
@@ -82,15 +88,24 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "grad_accum", "eval_steps", "log_steps", "num_workers",
                      "max_source_length", "max_target_length", "eval_batch_size", "num_checkpoints_to_keep"):
             _positive_int(name, getattr(self, name))
-        for name in ("prompt_lr", "offset_lr", "max_grad_norm"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be > 0.")
-        if self.warmup_steps < 0 or self.weight_decay < 0 or self.max_failures < 0:
-            raise ValueError("warmup_steps, weight_decay and max_failures must be >= 0.")
+        for name in ("prompt_lr", "offset_lr", "max_grad_norm", "tracking_outage_s", "node_wait_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name}={value!r} must be a finite number > 0.")
+        for name in ("warmup_steps", "weight_decay", "max_failures", "ffn_dropout"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name}={value!r} must be a finite number >= 0.")
+        if not self.ffn_dropout < 1:
+            raise ValueError(f"ffn_dropout={self.ffn_dropout!r} must be < 1.")
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage={self.zero_stage!r}: DeepSpeed ZeRO stages are 0, 1, 2, 3.")
         if self.offload and (not self.deepspeed or self.zero_stage == 0):
             raise ValueError("offload=true needs deepspeed=true and zero_stage >= 1.")
+        if self.deepspeed and self.zero_stage == 3 and self.dtype != {"bf16": "bfloat16", "fp16": "float16"}.get(
+                self.precision, "float32"):
+            raise ValueError(f"dtype={self.dtype!r} with precision={self.precision!r}: under ZeRO-3 DeepSpeed builds the "
+                             "backbone in the precision's dtype; set them to match (bfloat16 with bf16, float32 with fp32).")
         if self.precision == "fp16" and not self.use_gpu:
             raise ValueError("precision='fp16' is not supported on CPU; use 'bf16' or 'fp32', or set use_gpu=true.")
         per_step = self.num_workers * self.grad_accum
@@ -118,13 +133,16 @@ class TrainConfig:
 
     @property
     def run_name(self) -> str:
-        backbone = Path(self.backbone.rstrip("/")).name.replace("/", "-")
+        backbone = Path(self.backbone.rstrip("/")).name
         task = Path(self.task).stem if self.task.endswith((".yaml", ".yml")) else self.task
-        return self.name or f"{self.method}-{task}-{backbone}-m{self.num_virtual_tokens}-s{self.seed}"
+        default = f"{self.method}-{task}-{backbone}-m{self.num_virtual_tokens}-s{self.seed}"
+        return self.name or re.sub(r"[^A-Za-z0-9._-]+", "-", default)  # "random:llama-1b" -> "random-llama-1b"
 
     @property
     def tracking_uri(self) -> str:
-        return self.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+        from pipeline.tracking.store import default_tracking_uri
+
+        return self.mlflow_uri or default_tracking_uri()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -134,38 +152,61 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            hint = {u: _closest(u, known) for u in unknown}
-            raise ValueError(f"unknown config key(s) {unknown} (did you mean {hint}?); see pipeline/config.py.")
+            hints = [f"{u!r} (did you mean {_closest(u, known)!r}?)" if _closest(u, known) else repr(u) for u in unknown]
+            raise ValueError(f"unknown config key(s) {', '.join(hints)}; the keys are the fields of "
+                             "pipeline/config.py:TrainConfig.")
         types = {f.name: f.type for f in dataclasses.fields(cls)}
         return cls(**{k: _coerce(k, v, types[k]) for k, v in data.items()})
 
     @classmethod
-    def load(cls, path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-        """YAML file (optional) + `key=value` overrides (values parsed as YAML: 3e-1, true, [a, b])."""
+    def from_resolved(cls, data: dict[str, Any]) -> TrainConfig:
+        """From a run's config/resolved_config.json (the config plus derived keys such as r_resolved)."""
+        return cls.from_dict({k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: list[str] | None = None,
+             values: dict[str, Any] | None = None) -> TrainConfig:
+        """YAML file (optional) + `key=value` overrides (values parsed as YAML: 3e-1, true, [a, b]).
+
+        A `sweep:` section (read by jobs/tune_adept.py) is ignored, so one file serves both jobs.
+        """
         data = read_config_file(path) if path is not None else {}
+        data.pop("sweep", None)
         for item in overrides or []:
             key, value = parse_override(item)
             data[key] = value
+        data.update(values or {})  # typed values (job flags): not re-parsed as YAML
         return cls.from_dict(data)
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """A config YAML as a mapping (a clear error for a missing file or a YAML that is not a mapping)."""
+    """A config YAML as a mapping (a clear error for a missing file, bad YAML, or YAML that is not a mapping)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file {str(path)!r} does not exist.")
-    data = yaml.safe_load(path.read_text()) or {}
+        raise FileNotFoundError(f"--config: the file {str(path)!r} does not exist.")
+    data = load_yaml(path.read_text(), f"config file {str(path)!r}") or {}
     if not isinstance(data, dict):
-        raise ValueError(f"config file {str(path)!r} must hold a mapping of keys to values.")
+        raise ValueError(f"config file {str(path)!r} must hold a mapping of keys to values, not {type(data).__name__}.")
     return data
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """yaml.safe_load with an error that names the file (or override) and the line."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"{where}: invalid YAML{at} ({problem}); fix the syntax (quote values with : [ ] {{ }}).") from None
 
 
 def parse_override(item: str) -> tuple[str, Any]:
     """`key=value` with the value parsed as YAML (3e-1, true, [a, b])."""
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
-        raise ValueError(f"override {item!r} is not of the form key=value.")
-    return key.strip(), yaml.safe_load(value)
+        raise ValueError(f"--set {item!r}: not of the form key=value.")
+    return key.strip(), load_yaml(value, f"--set {key.strip()}")
 
 
 def _one_of(name: str, value: Any, allowed: tuple) -> None:
@@ -196,9 +237,46 @@ def _coerce(key: str, value: Any, annotation: str) -> Any:
             raise ValueError(f"{key}={value!r} must be a number.") from err
     if annotation.startswith("int") and isinstance(value, float) and value.is_integer():
         return int(value)
+    if annotation.startswith("str") and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # --name 123: a name, not a number
     if annotation.startswith("bool") and not isinstance(value, bool):
         raise ValueError(f"{key}={value!r} must be true or false.")
     return value
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    """Every field has the type its annotation says (YAML can give a list or a bool anywhere)."""
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(cfg):
+        value, hint = getattr(cfg, f.name), hints[f.name]
+        if not _is_instance(value, hint):
+            raise ValueError(f"{f.name}={value!r} has the wrong type: expected {_type_name(hint)}, got "
+                             f"{type(value).__name__}; fix it in the config file or --set.")
+
+
+def _is_instance(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_instance(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_is_instance(v, item) for v in value)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args) + (" or null" if type(None) in typing.get_args(hint) else "")
+    if typing.get_origin(hint) is list:
+        return f"a list of {_type_name(args[0])}"
+    return getattr(hint, "__name__", str(hint))
 
 
 # ADEPT_* variables (cache dir, test hooks) are the driver's settings for its workers. Ray reuses worker

@@ -1,8 +1,9 @@
 """Driver side of a fit: check everything a user can get wrong, then launch Ray Train.
 
 `prepare(cfg)` runs before Ray starts a worker: it resolves the task, the backbone (downloading the
-offline alias once), derives r from the budget, and checks the storage path and the MLflow store.
-`make_trainer` / `fit` then build the `TorchTrainer` (Ray Train V2) around `train_loop_per_worker`.
+offline alias once, reading its tokenizer and weight-file headers), derives r from the budget, and checks
+the sizes, the storage path and the MLflow store. `make_trainer` / `fit` then build the `TorchTrainer`
+(Ray Train V2) around `pipeline.recipe.train_loop_per_worker` and own the fit's MLflow run.
 """
 
 from __future__ import annotations
@@ -12,10 +13,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from adept import budget_rank
+from adept.config import budget_rank
 from pipeline.config import TrainConfig, driver_env
 from pipeline.data import fixed_length
-from pipeline.tracking import check_tracking_server, finish_run, git_commit, start_or_resume_run
 
 
 @dataclass
@@ -32,38 +32,43 @@ class PreparedRun:
     task_name: str | None = None
 
     def loop_config(self, mlflow_run_id: str | None) -> dict:
-        # ADEPT_* settings (cache dir, test hooks) reach workers on any node, and in a local cluster
-        # that was started before they were set.
+        # ADEPT_* settings (cache dir, log level, test hooks) reach workers on any node, and in a local
+        # cluster that was started before they were set.
         return {"train": self.config.to_dict(), "r": self.r, "mlflow_uri": self.tracking_uri,
                 "mlflow_run_id": mlflow_run_id, "env": driver_env()}
 
+    @property
+    def display_name(self) -> str:
+        from pipeline.tracking import fit_run_name
+
+        return fit_run_name(self.config.method, self.config.num_virtual_tokens, self.r, self.task_name or
+                            self.config.task)
+
 
 def prepare(cfg: TrainConfig, check_mlflow: bool = True) -> PreparedRun:
-    from transformers import AutoConfig
-
+    from pipeline.backbone_info import inspect_backbone
     from pipeline.backbones import ALIASES, resolve_backbone
     from pipeline.setup import resolve_task
+    from pipeline.tracking import check_tracking_server
 
     task = resolve_task(cfg)
     if cfg.eval_mode == "rank" and not task.label_strings:
-        raise ValueError(f"eval_mode='rank' needs label strings, but task {task.name!r} has none; "
+        raise ValueError(f"eval_mode: 'rank' needs label strings, but task {task.name!r} has none; "
                          "set eval_mode=generate.")
     changes = {"storage_path": str(Path(cfg.storage_path).expanduser().resolve())}
     if cfg.task.endswith((".yaml", ".yml")):
         changes["task"] = str(Path(cfg.task).resolve())
-    backbone = resolve_backbone(cfg.backbone)
-    if Path(backbone).is_dir():
-        changes["backbone"] = str(Path(backbone).resolve())
-    backbone_ref = cfg.backbone if cfg.backbone in ALIASES else changes.get("backbone", cfg.backbone)
+    resolved = resolve_backbone(cfg.backbone)  # an alias is materialised once here (download/convert/build)
+    if cfg.backbone not in ALIASES and Path(resolved).is_dir():
+        changes["backbone"] = str(Path(resolved).resolve())  # workers run elsewhere: an absolute folder
+    backbone_ref = changes.get("backbone", cfg.backbone)  # aliases stay aliases: every node resolves its own cache
     uri = cfg.tracking_uri
     changes["mlflow_uri"] = uri
     cfg = dataclasses.replace(cfg, **changes)
 
-    hf_config = AutoConfig.from_pretrained(changes.get("backbone", cfg.backbone),
-                                           trust_remote_code=cfg.trust_remote_code)
-    kind = "seq2seq" if getattr(hf_config, "is_encoder_decoder", False) else "causal"
-    d = hf_config.get_text_config().hidden_size if hasattr(hf_config, "get_text_config") else hf_config.hidden_size
-    r, params = adapter_size(cfg, d, kind)
+    info = inspect_backbone(resolved, trust_remote_code=cfg.trust_remote_code)
+    r, params = adapter_size(cfg, info.hidden_size, info.kind)
+    check_sizes(cfg, info)
 
     storage = Path(cfg.storage_path)
     try:
@@ -72,10 +77,10 @@ def prepare(cfg: TrainConfig, check_mlflow: bool = True) -> PreparedRun:
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:
-        raise PermissionError(f"storage_path {str(storage)!r} is not writable ({err}); choose another.") from err
+        raise PermissionError(f"storage_path: {str(storage)!r} is not writable ({err}); choose another.") from err
     if check_mlflow:
         check_tracking_server(uri)
-    return PreparedRun(cfg, r, d, kind, params, uri, backbone_ref, task.name)
+    return PreparedRun(cfg, r, info.hidden_size, info.kind, params, uri, backbone_ref, task.name)
 
 
 def adapter_size(cfg: TrainConfig, hidden_size: int, kind: str) -> tuple[int | None, int]:
@@ -92,25 +97,39 @@ def adapter_size(cfg: TrainConfig, hidden_size: int, kind: str) -> tuple[int | N
     return r, adept_config(cfg, r, kind).num_trainable_params(hidden_size)  # also validates the settings
 
 
-def init_ray(num_workers: int, num_cpus: int | None = None) -> None:
-    """Connect to the cluster in RAY_ADDRESS (e.g. under `ray job submit`), else start a local one.
+def check_sizes(cfg: TrainConfig, info) -> None:
+    """Refuse a prompt + input longer than the backbone's positions, or activations no machine here holds."""
+    m = cfg.num_virtual_tokens
+    longest = m + (cfg.max_source_length + cfg.max_target_length if info.kind == "causal" else cfg.max_source_length)
+    if info.max_positions and longest > info.max_positions:
+        raise ValueError(f"num_virtual_tokens: m={m} + max input {longest - m} = {longest} positions exceeds the "
+                         f"backbone's {info.max_positions} (max_position_embeddings); lower num_virtual_tokens or "
+                         "max_source_length / max_target_length.")
+    # Attention scores (micro batch × heads × T² floats per layer, fp32, forward + backward) dominate a long T.
+    per_layer = cfg.micro_batch_size * info.num_heads * longest * longest * 4 * 2
+    hidden = cfg.micro_batch_size * longest * info.hidden_size * 4 * 16
+    estimate = (per_layer + hidden) * info.num_layers
+    available = _memory_bytes(cfg.use_gpu)
+    if estimate > available:
+        raise ValueError(f"num_virtual_tokens: m={m} needs about {estimate / 2**30:.0f} GiB of activations per "
+                         f"worker ({longest} positions × micro batch {cfg.micro_batch_size} × {info.num_layers} "
+                         f"layers), more than the {available / 2**30:.0f} GiB here; lower num_virtual_tokens, "
+                         "max_source_length or batch_size (or add workers).")
 
-    `num_cpus` sets the local cluster's logical CPUs (default: the machine's, at least num_workers + 1).
-    """
-    if not os.environ.get("RAY_ADDRESS"):
-        # Read by Ray at import time, so set before `import ray`. A single-machine cluster has no reason to
-        # listen beyond loopback (Ray binds every interface by default); report() latency 2 s -> 0.1 s.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
-    import ray
 
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-        return
-    ray.init(num_cpus=num_cpus or max(os.cpu_count() or 1, num_workers + 1), include_dashboard=True,
-             dashboard_host="127.0.0.1", log_to_driver=True)
+def _memory_bytes(use_gpu: bool) -> int:
+    if use_gpu:
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                return torch.cuda.get_device_properties(0).total_memory
+        except ImportError:
+            pass
+        return 1 << 50  # the driver has no GPU to ask (a CPU head node): trust the cluster
+    import psutil
+
+    return psutil.virtual_memory().total
 
 
 def cpus_per_worker(cfg: TrainConfig) -> int:
@@ -126,18 +145,22 @@ def make_trainer(run: PreparedRun, mlflow_run_id: str | None, callbacks: list | 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipeline.train import train_loop_per_worker
+    from pipeline.ray_setup import torch_config
+    from pipeline.recipe import train_loop_per_worker
 
     cfg = run.config
+    # A lost node's workers come back only when the cluster has room again: wait node_wait_s, then fail.
+    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(cfg.node_wait_s)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=run.loop_config(mlflow_run_id),
+        torch_config=torch_config(cfg.use_gpu),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": worker_cpus or cpus_per_worker(cfg)}),
         run_config=RunConfig(
             name=cfg.run_name,
             storage_path=cfg.storage_path,
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            failure_config=FailureConfig(max_failures=cfg.max_failures, controller_failure_limit=0),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.num_checkpoints_to_keep),
             callbacks=callbacks or [],
         ),
@@ -145,29 +168,43 @@ def make_trainer(run: PreparedRun, mlflow_run_id: str | None, callbacks: list | 
 
 
 def mlflow_params_and_tags(run: PreparedRun) -> tuple[dict, dict]:
+    """The columns a user compares runs by (the full config is the artifact config/resolved_config.json)."""
     cfg = run.config
-    params = {**cfg.to_dict(), "r_resolved": run.r, "hidden_size": run.hidden_size,
-              "trainable_params": run.trainable_params}
-    tags = {"method": cfg.method, "task": cfg.task, "backbone": cfg.backbone, "backbone_kind": run.kind,
-            "trainable_params": str(run.trainable_params), "git_commit": git_commit()}
-    if run.backbone_ref:
-        tags["backbone_ref"] = run.backbone_ref
-    if run.task_name:
-        tags["task_name"] = run.task_name
+    keys = ("method", "num_virtual_tokens", "budget", "prompt_lr", "offset_lr", "batch_size", "max_steps", "seed",
+            "precision", "num_workers", "deepspeed", "zero_stage", "warmup_steps", "weight_decay")
+    params = {k: getattr(cfg, k) for k in keys}
+    params.update({"r": run.r, "trainable_params": run.trainable_params, "task": run.task_name or cfg.task,
+                   "backbone": run.backbone_ref or cfg.backbone})
+    tags = {"method": cfg.method, "task_name": run.task_name or cfg.task, "task": cfg.task,
+            "backbone_ref": run.backbone_ref or cfg.backbone, "backbone_kind": run.kind,
+            "trainable_params": str(run.trainable_params)}
     return params, tags
 
 
 def fit(run: PreparedRun):
-    """Run one fit to the end; returns Ray's `Result` (metrics of the final report, checkpoint path)."""
+    """Run one fit to the end in its own MLflow run; returns Ray's `Result` (final metrics, checkpoint)."""
+    from pipeline.ray_setup import init_ray
+    from pipeline.tracking import close_run, open_run, status_of_error
+
     cfg = run.config
     init_ray(cfg.num_workers)
     params, tags = mlflow_params_and_tags(run)
-    run_id = start_or_resume_run(run.tracking_uri, cfg.experiment, cfg.run_name, params, tags,
-                                 Path(cfg.storage_path) / "mlflow-artifacts")
-    ok = False
+    ref = open_run(run.tracking_uri, cfg.experiment, cfg.run_name, kind="fit", display_name=run.display_name,
+                   params=params, tags=tags, artifact_root=Path(cfg.storage_path) / "mlflow-artifacts",
+                   budget_s=cfg.tracking_outage_s)
+    error: BaseException | None = None
     try:
-        result = make_trainer(run, run_id).fit()
-        ok = result.error is None
+        result = make_trainer(run, ref.run_id).fit()
+        error = result.error
         return result
+    except BaseException as err:
+        error = err
+        raise
     finally:
-        finish_run(run.tracking_uri, run_id, ok)
+        close_run(run.tracking_uri, ref.run_id, status_of_error(error),
+                  error=None if error is None else _error_text(error), budget_s=cfg.tracking_outage_s)
+
+
+def _error_text(err: BaseException) -> str:
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[-1] if lines else ''}"

@@ -1,0 +1,67 @@
+"""What the jobs print: the project's own lines at the chosen level, third-party noise down, each warning once.
+
+Jobs call `configure(level)` right after parsing (`--log-level debug|info|warning|error`, `--quiet` =
+warning); the level travels to Ray workers as ADEPT_LOG_LEVEL (ADEPT_* variables follow the job, see
+`pipeline.config.driver_env`), where `configure_worker_logging()` applies the same rules.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+LEVEL_ENV = "ADEPT_LOG_LEVEL"
+LEVELS = ("debug", "info", "warning", "error")
+# Libraries whose INFO/WARNING chatter drowns the job's own lines; their errors still show.
+NOISY = ("datasets", "transformers", "deepspeed", "DeepSpeed", "torch.distributed", "filelock", "urllib3",
+         "mlflow.tracking", "mlflow.store", "alembic", "huggingface_hub")
+
+
+def add_arguments(parser) -> None:
+    """`--log-level` and `--quiet` for a job's argparse parser."""
+    parser.add_argument("--log-level", choices=LEVELS, default=None, help="how much to print (default: info)")
+    parser.add_argument("--quiet", action="store_true", help="warnings, errors and the final summary only")
+
+
+def level_from_args(args) -> str:
+    return "warning" if getattr(args, "quiet", False) else (getattr(args, "log_level", None) or "info")
+
+
+def configure(level: str = "info") -> None:
+    """The driver: `[adept]` lines to stdout at `level`; libraries quieter; each distinct warning once."""
+    os.environ[LEVEL_ENV] = level
+    logger = logging.getLogger("adept")
+    if not any(getattr(h, "_adept", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._adept = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(level.upper())
+    _quiet_libraries(level)
+
+
+def configure_worker_logging() -> None:
+    """In a Ray worker: the driver's level (ADEPT_LOG_LEVEL); Ray forwards the worker's lines to the driver."""
+    level = os.environ.get(LEVEL_ENV, "info")
+    logging.getLogger("adept").setLevel(level.upper())
+    _quiet_libraries(level)
+
+
+def _quiet_libraries(level: str) -> None:
+    threshold = logging.DEBUG if level == "debug" else logging.ERROR
+    for name in NOISY:
+        logging.getLogger(name).setLevel(threshold)
+    if level != "debug":
+        warnings.simplefilter("once")  # each distinct warning once per process, not once per call site
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        try:
+            import datasets
+
+            datasets.disable_progress_bars()
+            datasets.logging.set_verbosity_error()
+        except ImportError:
+            pass
