@@ -69,6 +69,15 @@ class AdapterFiles:
     weights: Path
     meta: dict[str, Any]
 
+    def adept_config(self) -> AdeptConfig:
+        """The AdeptConfig the folder describes (validated; the reason names the file)."""
+        if self.layout == "peft":
+            return _official_config(self)
+        try:
+            return AdeptConfig.from_dict(self.meta["adept_config"])
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{str(self.config)!r}: adept_config is invalid ({err}).") from err
+
     @property
     def backbone(self) -> str | None:
         """The backbone name or folder recorded in the adapter (None when none was recorded)."""
@@ -87,6 +96,7 @@ def find_adapter_files(path: str | Path) -> AdapterFiles:
         if meta.get("format") != FORMAT:
             raise ValueError(f"{str(path / CONFIG_NAME)!r} is not an adept-ray adapter config "
                              f"(format={meta.get('format')!r}, expected {FORMAT!r}).")
+        _check_keys(path / CONFIG_NAME, meta)
         return AdapterFiles("adept", path / CONFIG_NAME, path / WEIGHTS_NAME, meta)
     if (path / PEFT_CONFIG_NAME).is_file():
         config_file = path / PEFT_CONFIG_NAME
@@ -97,6 +107,7 @@ def find_adapter_files(path: str | Path) -> AdapterFiles:
                 weights = path / PEFT_BIN_NAME
             return AdapterFiles("peft", config_file, weights, meta)
         if meta.get("format") == FORMAT:
+            _check_keys(config_file, meta)
             return AdapterFiles("adept-legacy", config_file, path / PEFT_WEIGHTS_NAME, meta)
         raise ValueError(
             f"{str(config_file)!r} is neither an adept-ray adapter (format={FORMAT!r}) nor an official ADePT / PEFT "
@@ -106,6 +117,13 @@ def find_adapter_files(path: str | Path) -> AdapterFiles:
         f"{str(path)!r} holds neither {CONFIG_NAME!r} (an adept-ray adapter) nor {PEFT_CONFIG_NAME!r} (an adept-ray 0.1, "
         "official ADePT or PEFT prompt-tuning adapter): not an adapter folder written by save_pretrained."
     )
+
+
+def _check_keys(config_file: Path, meta: dict[str, Any]) -> None:
+    missing = [k for k in ("adept_config", "backbone") if not isinstance(meta.get(k), dict)]
+    if missing:
+        raise ValueError(f"{str(config_file)!r} lacks the object(s) {missing}: an incomplete adept-ray adapter config "
+                         "(write it with save_pretrained).")
 
 
 def is_adapter_dir(path: str | Path) -> bool:
@@ -175,7 +193,7 @@ def load_adapter(base_model: nn.Module, path: str | Path) -> AdeptModel:
     if files.layout == "peft":
         config, state = _read_official(files)
     else:
-        config = AdeptConfig.from_dict(files.meta["adept_config"])
+        config = files.adept_config()
         _check_backbone(files.meta["backbone"], base_model, files.config)
         state = _read_safetensors(files.weights)
     model = AdeptModel(base_model, config, init_prompt=False)
@@ -226,6 +244,25 @@ def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{str(file)!r} is not a readable safetensors file ({err}); the adapter is corrupt.") from err
 
 
+def _official_config(files: AdapterFiles) -> AdeptConfig:
+    """The AdeptConfig of an official ADePT / PEFT prompt-tuning config (its integer sizes checked)."""
+    meta = files.meta
+    is_adept = meta["peft_type"] == "PROMPT_TUNING_LORAX"
+    needed = ["num_virtual_tokens"] + (["r"] if is_adept else [])
+    bad = [k for k in needed if not isinstance(meta.get(k), int) or isinstance(meta.get(k), bool)]
+    if bad:
+        raise ValueError(f"{str(files.config)!r}: this {meta['peft_type']} config lacks the integer field(s) {bad}; "
+                         "the adapter folder is incomplete.")
+    return AdeptConfig(
+        method="adept" if is_adept else "prompt",
+        num_virtual_tokens=meta["num_virtual_tokens"],
+        ffn_hidden_size=meta["r"] if is_adept else None,
+        prompt_init="random",
+        base_model_name_or_path=meta.get("base_model_name_or_path"),
+        revision=meta.get("revision"),
+    )
+
+
 def _read_official(files: AdapterFiles) -> tuple[AdeptConfig, dict[str, torch.Tensor]]:
     """An official ADePT (PROMPT_TUNING_LORAX) or PEFT prompt-tuning (PROMPT_TUNING) folder."""
     path, meta = files.config.parent, files.meta
@@ -241,16 +278,8 @@ def _read_official(files: AdapterFiles) -> tuple[AdeptConfig, dict[str, torch.Te
         raw = _read_safetensors(files.weights)
     else:
         raise FileNotFoundError(f"{str(path)!r} holds neither {PEFT_WEIGHTS_NAME!r} nor {PEFT_BIN_NAME!r}.")
-    is_adept = meta["peft_type"] == "PROMPT_TUNING_LORAX"
-    m = int(meta["num_virtual_tokens"])
-    config = AdeptConfig(
-        method="adept" if is_adept else "prompt",
-        num_virtual_tokens=m,
-        ffn_hidden_size=int(meta["r"]) if is_adept else None,
-        prompt_init="random",
-        base_model_name_or_path=meta.get("base_model_name_or_path"),
-        revision=meta.get("revision"),
-    )
+    config = _official_config(files)
+    is_adept, m = config.method == "adept", config.num_virtual_tokens
     wanted = OFFICIAL_KEYS if is_adept else {"prompt_embeddings": "prompt.weight"}
     # PEFT may prefix keys with "base_model.model." on some versions: match on the suffix.
     state = {}

@@ -1,117 +1,119 @@
 """The registered ADePT model as MLflow "models from code": this file *is* the model's code (no pickling).
 
-`pipeline.registry.log_adept_model` logs it with `python_model=<this file>`, the adapter folder as the
-artifact "adapter" and a `model_config` holding the backbone reference (alias, HF id or folder) and
-how the task turns inputs into text. Loading runs this file and calls `load_context`:
+`pipeline.registry` logs it with `python_model=<this file>`, the adapter folder as the artifact "adapter"
+(and, with --bundle-backbone, the backbone folder as "backbone"), and a flat `model_config`: a
+`pipeline.serving.ServingConfig`. Loading runs this file and calls `load_context`:
 
-    model = mlflow.pyfunc.load_model("models:/adept-movie-sentiment@champion")
+    model = mlflow.pyfunc.load_model("models:/adept-movie-sentiment@champion",
+                                     model_config={"folded": True, "backbone": "/models/smollm2"})
     model.predict(pd.DataFrame({"text": ["a gripping, funny film", "two hours I will never get back"]}))
     # -> ["positive", "negative"]
 
-`predict` takes a DataFrame with the task's input columns (e.g. `text` for movie-sentiment, the
-`input_columns` of a custom task), or a `source` column holding the formatted model input, and returns
-one label string (classification, rank scoring) or generated answer per row. `model_config={"folded":
-True}` at load time folds ADePT's FFN into the embedding table first (same outputs, PT-cost inference).
+`predict` takes the task's input columns (or one `source` column with the formatted text) and returns one
+label string (rank scoring) or generated answer per row; an empty frame gives `[]`; a missing column is an
+`MlflowException` (HTTP 400 from `mlflow models serve`) naming it and the expected ones.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import threading
+from pathlib import Path
 from typing import Any
 
 import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-LABEL_KEYS = ("label", "value", "answers", "idx", "group")  # formatter fields that only carry the gold answer
-
 
 class AdeptPyfunc(PythonModel):
     def load_context(self, context) -> None:
+        from pipeline.serving import ServingConfig
+
+        config = ServingConfig.from_model_config(context.model_config or {})
+        bundled = context.artifacts.get("backbone")
+        self.load(config, Path(context.artifacts["adapter"]), bundled_backbone=bundled)
+
+    def load(self, config, adapter_dir: Path, bundled_backbone: str | None = None) -> AdeptPyfunc:
+        """Build the model from a `ServingConfig` and an adapter folder (also used by jobs/predict.py)."""
         import torch
 
         from adept import AdeptModel
-        from pipeline.backbones import load_backbone
+        from pipeline.backbone_info import check_fingerprint, fingerprint
+        from pipeline.backbones import load_backbone, resolve_backbone
         from pipeline.data import TokenizeConfig
         from pipeline.evaluation import EvalConfig
 
-        given = dict(context.model_config or {})
-        cfg = {**given.pop("adept", {}), **given}  # logged settings, then load-time overrides ({"folded": True})
-        self.cfg = cfg
-        base, self.tokenizer, kind = load_backbone(cfg["backbone"], dtype=cfg.get("dtype", "float32"))
-        model = AdeptModel.from_pretrained(base, context.artifacts["adapter"]).eval()
-        if cfg.get("folded"):
+        backbone = config.backbone
+        if bundled_backbone and backbone == _recorded(config):  # no override: the copy that travelled along
+            backbone = bundled_backbone
+        if config.backbone_fingerprint:
+            check_fingerprint(config.backbone_fingerprint, fingerprint(resolve_backbone(backbone)),
+                              _recorded(config), backbone)
+        base, self.tokenizer, kind = load_backbone(backbone, dtype=config.dtype)
+        model = AdeptModel.from_pretrained(base, adapter_dir).eval()
+        if config.folded:
             model = model.fold().eval()
-        device = cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = model.to(device)
-        self.label_strings = list(cfg.get("label_strings") or [])
-        self.eval_mode = cfg.get("eval_mode", "rank" if self.label_strings else "generate")
-        tokenize = TokenizeConfig(backbone=kind, max_source_length=int(cfg.get("max_source_length", 256)),
-                                  max_target_length=int(cfg.get("max_target_length", 16)))
+        device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model, self.config = model.to(device), config
+        tokenize = TokenizeConfig(backbone=kind, max_source_length=config.max_source_length,
+                                  max_target_length=config.max_target_length)
         pad_to = model.config.max_length if model.config.method == "dept" else None
-        self.eval_config = EvalConfig(tokenize=tokenize, eval_mode=self.eval_mode,
-                                      batch_size=int(cfg.get("batch_size", 32)), pad_to_length=pad_to)
-        self._formatter = None
-        if cfg.get("task") and not cfg.get("input_columns"):
-            from pipeline.tasks import get_task
-
-            self._formatter = get_task(cfg["task"]).formatter
+        self.eval_config = EvalConfig(tokenize=tokenize, eval_mode=config.eval_mode, batch_size=config.batch_size,
+                                      pad_to_length=pad_to)
+        return self
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[str]:
-        from pipeline.evaluation import predict_generate, predict_rank
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-        sources = self.sources(model_input)
+        from pipeline.evaluation import predict_generate, predict_rank
+        from pipeline.serving import InputError
+
+        frame = _as_frame(model_input)
+        dropped = _DROPPED.take()
+        try:
+            if dropped and frame.shape[1] == 0:  # every column was unknown: not an empty request
+                raise InputError(f"input has none of the expected columns {self.config.columns or ['source']} "
+                                 f"(or 'source'); got {dropped}.")
+            sources = self.config.sources(frame)
+        except InputError as err:  # the scoring server turns this into HTTP 400 with our message
+            raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
         if not sources:
             return []
-        if self.eval_mode == "rank":
-            return predict_rank(self.model, self.tokenizer, sources, self.label_strings, self.eval_config)
-        return predict_generate(self.model, self.tokenizer, sources, self.eval_config,
-                                int(self.cfg.get("max_new_tokens", 20)))
-
-    # ------------------------------------------------------------------ inputs -> model text
-    def sources(self, model_input) -> list[str]:
-        frame = _as_frame(model_input)
-        if "source" in frame.columns:
-            return [str(s) for s in frame["source"]]
-        rows = frame.to_dict("records")
-        columns = self.cfg.get("input_columns")
-        if columns:  # a custom task: "name: value" pairs in the task's column order
-            from pipeline.tasks.base import join_fields
-
-            missing = [c for c, _ in columns if c not in frame.columns]
-            if missing:
-                raise ValueError(f"input is missing column(s) {missing}; give {[c for c, _ in columns]} or 'source'.")
-            return [join_fields(*((shown, "" if row[c] is None else row[c]) for c, shown in columns)) for row in rows]
-        if self._formatter is None:
-            raise ValueError("this model has no input format recorded: pass a 'source' column.")
-        out = []
-        for row in rows:
-            probe = _Row(row)
-            out.append(str(self._formatter(probe)["source"]))
-            missing = [k for k in probe.missing if k not in LABEL_KEYS]
-            if missing:
-                raise ValueError(f"input is missing column(s) {missing} of task {self.cfg.get('task')!r} "
-                                 f"(got {list(frame.columns)}); or pass a 'source' column.")
-        return out
+        if self.config.eval_mode == "rank":
+            return predict_rank(self.model, self.tokenizer, sources, self.config.label_strings, self.eval_config)
+        return predict_generate(self.model, self.tokenizer, sources, self.eval_config, self.config.max_new_tokens)
 
 
-class _Row(Mapping):
-    """A row for a task formatter: gold-answer fields it asks for but inputs lack read as 0 (and are noted)."""
+class _DroppedColumns(logging.Filter):
+    """MLflow's schema enforcement drops columns the signature does not name (the inputs are all optional, so
+    both forms - the task's columns or `source` - pass) and only logs a warning. A request whose columns were
+    all unknown then reaches `predict` as an empty frame, like a truly empty request: this filter remembers,
+    per thread, which columns MLflow dropped for the call in progress."""
 
-    def __init__(self, data: dict):
-        self.data, self.missing = data, []
+    def __init__(self):
+        super().__init__()
+        self.local = threading.local()
 
-    def __getitem__(self, key):
-        if key in self.data:
-            return self.data[key]
-        self.missing.append(key)
-        return 0
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "extra inputs" in message and "`" in message:
+            self.local.dropped = message.split("`")[1]
+        return True
 
-    def __iter__(self):
-        return iter(self.data)
+    def take(self) -> str | None:
+        dropped, self.local.dropped = getattr(self.local, "dropped", None), None
+        return dropped
 
-    def __len__(self) -> int:
-        return len(self.data)
+
+_DROPPED = _DroppedColumns()
+logging.getLogger("mlflow.models.utils").addFilter(_DROPPED)
+
+
+def _recorded(config) -> str:
+    fp = config.backbone_fingerprint or {}
+    return fp.get("ref", config.backbone)
 
 
 def _as_frame(model_input) -> pd.DataFrame:

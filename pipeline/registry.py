@@ -3,16 +3,19 @@
     candidate = best_of_sweep(uri, "adept-demo")           # or candidate_from_run(uri, run_id)
     result = register(uri, candidate)                      # new version (or the existing one for that run)
 
-Each registered version is an `mlflow.pyfunc` model logged from code (`pipeline/adept_pyfunc.py`): its
-artifacts are the adapter files, its `model_config` the backbone reference and the input format; the
-project's `adept/` and `pipeline/` packages travel along as code paths. The version carries tags
-(task, method, metric, score, backbone, run, sweep, trial). The alias `champion` moves to the new
-version only when its score beats the current champion's on the same metric, or with `force=True`.
-Versions are never deleted or overwritten; registering the same run twice reuses its version.
+Each registered version is an `mlflow.pyfunc` model logged from code (`pipeline/adept_pyfunc.py`) in a run of
+its own (kind `registration`, nested under the sweep when there is one), so the trial's run keeps its status,
+times and metrics. Its artifacts are the adapter files (and, with `bundle_backbone`, the backbone folder);
+its flat `model_config` is a `pipeline.serving.ServingConfig` (backbone reference + fingerprint, input
+format, lengths); it carries a signature and an input example. The version has tags (task, method, metric,
+score, backbone, source_run_id, sweep, trial). The alias `champion` moves to the new version only when its
+score beats the current champion's on the same metric, or with `force=True`. Versions are never deleted or
+overwritten; registering the same run twice reuses its version.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -24,6 +27,7 @@ MODEL_CODE = Path(__file__).with_name("adept_pyfunc.py")
 PACKAGES = [Path(__file__).resolve().parent, Path(__file__).resolve().parents[1] / "adept"]
 PIP_REQUIREMENTS = ["torch>=2.4", "transformers>=5,<6", "safetensors>=0.4", "datasets>=4", "pyyaml>=6",
                     "scipy>=1.11", "scikit-learn>=1.3", "platformdirs>=4", "regex", "pandas", "mlflow>=3,<4"]
+RESOLVED_CONFIG = "config/resolved_config.json"
 
 
 @dataclass
@@ -32,13 +36,14 @@ class Candidate:
 
     run_id: str
     score: float
-    metric: str
+    metric: str  # the MLflow key, e.g. val/accuracy
     mode: str
     task_name: str
-    params: dict[str, str]
+    train: dict[str, Any]  # the run's resolved TrainConfig
     tags: dict[str, str]
     sweep: str | None = None
     trial_id: str | None = None
+    parent_run_id: str | None = None
 
     @property
     def model_name(self) -> str:
@@ -46,7 +51,7 @@ class Candidate:
 
     @property
     def backbone_ref(self) -> str:
-        return self.tags.get("backbone_ref") or self.params["backbone"]
+        return self.tags.get("backbone_ref") or self.train["backbone"]
 
     def better_than(self, score: float) -> bool:
         return self.score > score if self.mode == "max" else self.score < score
@@ -63,177 +68,177 @@ class Registration:
     reason: str = ""
 
 
-def _client(uri: str):
-    from mlflow import MlflowClient
-
-    return MlflowClient(uri, registry_uri=uri)
-
-
 def best_of_sweep(uri: str, sweep: str, experiment: str | None = None) -> Candidate:
     """The best trial of a sweep (the `best_run_id` tag its parent run got at the end)."""
-    from pipeline.tracking import RUN_NAME_TAG
+    from pipeline.tracking import KIND_TAG, RUN_KEY_TAG, client
 
-    client = _client(uri)
+    store = client(uri)
     if experiment is not None:
-        exp = client.get_experiment_by_name(experiment)
+        exp = store.get_experiment_by_name(experiment)
         if exp is None:
-            raise ValueError(f"no MLflow experiment {experiment!r} in {uri}.")
+            raise ValueError(f"--experiment: no MLflow experiment {experiment!r} in {uri}.")
         ids = [exp.experiment_id]
     else:
-        ids = [e.experiment_id for e in client.search_experiments()]
-    parents = client.search_runs(ids, filter_string=f"tags.`{RUN_NAME_TAG}` = '{sweep}' and tags.`adept.kind` = 'sweep'",
-                                 order_by=["attributes.start_time DESC"], max_results=1)
+        ids = [e.experiment_id for e in store.search_experiments()]
+    parents = store.search_runs(ids, filter_string=f"tags.`{RUN_KEY_TAG}` = '{sweep}' and tags.`{KIND_TAG}` = 'sweep'",
+                                order_by=["attributes.start_time DESC"], max_results=1)
     if not parents:
-        raise ValueError(f"no sweep named {sweep!r} in {uri}" + (f" (experiment {experiment!r})" if experiment else "")
+        raise ValueError(f"--sweep: no sweep named {sweep!r} in {uri}" + (f" (experiment {experiment!r})" if experiment
+                                                                           else "")
                          + "; run jobs/tune_adept.py first or pass --run-id.")
     parent = parents[0]
     best = parent.data.tags.get("best_run_id")
     if not best:
-        raise ValueError(f"sweep {sweep!r} has no best trial yet (still running, or every trial failed).")
-    return candidate_from_run(uri, best, metric=parent.data.tags.get("metric"))
+        raise ValueError(f"--sweep: sweep {sweep!r} has no best trial yet (still running, or every trial failed).")
+    metric = parent.data.tags.get("metric")
+    return candidate_from_run(uri, best, metric=metric.replace("_", "/", 1) if metric else None)
 
 
 def candidate_from_run(uri: str, run_id: str, metric: str | None = None) -> Candidate:
     """A trial or single-fit run: score = its best validation value of `metric` (default: the task's primary)."""
-    client = _client(uri)
-    run = client.get_run(run_id)
-    params, tags = run.data.params, run.data.tags
-    if "task" not in params:
-        raise ValueError(f"run {run_id} is not an adept fit (no 'task' param).")
-    if not client.list_artifacts(run_id, "best_adapter"):
-        raise ValueError(f"run {run_id} has no best_adapter artifact (it never finished an evaluation).")
-    task_name = tags.get("task_name") or _task_name(params["task"])
-    metric = metric or tags.get("metric")
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.tracking import PARENT_TAG, client
+
+    store = client(uri)
+    try:
+        run = store.get_run(run_id)
+    except MlflowException as err:
+        raise ValueError(f"--run-id: no run {run_id!r} in {uri} ({err.message[:200]}).") from None
+    tags = run.data.tags
+    if not store.list_artifacts(run_id, "best_adapter"):
+        raise ValueError(f"--run-id: run {run_id} has no best_adapter artifact (not an adept fit, or it never "
+                         "finished an evaluation).")
+    with tempfile.TemporaryDirectory() as tmp:
+        import mlflow
+
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=RESOLVED_CONFIG, dst_path=tmp,
+                                                   tracking_uri=uri)
+        train = json.loads(Path(path).read_text())
+    task_name = tags.get("task_name") or Path(train["task"]).stem
     if metric is None:
-        metric = f"val_{_primary_metric(params)}"
-    score_tag = tags.get("adept.score")
-    if score_tag is not None:
-        score = float(score_tag)
-    else:
-        history = client.get_metric_history(run_id, metric)
-        if not history:
-            raise ValueError(f"run {run_id} has no metric {metric!r}.")
-        score = max(m.value for m in history)
-    return Candidate(run_id, score, metric, "max", task_name, dict(params), dict(tags),
-                     sweep=tags.get("adept.sweep"), trial_id=tags.get("ray.trial_id"))
+        from pipeline.config import TrainConfig
+        from pipeline.setup import resolve_task
+
+        metric = f"val/{resolve_task(TrainConfig.from_resolved(train)).primary_metric}"
+    history = store.get_metric_history(run_id, metric)
+    if not history:
+        raise ValueError(f"--run-id: run {run_id} has no metric {metric!r}.")
+    score = max(m.value for m in history)
+    return Candidate(run_id, score, metric, "max", task_name, train, dict(tags), sweep=tags.get("adept.sweep"),
+                     trial_id=tags.get("ray.trial_id"), parent_run_id=tags.get(PARENT_TAG))
 
 
-def _task_name(task: str) -> str:
-    if task.endswith((".yaml", ".yml")):
-        try:
-            from pipeline.tasks import get_task
+def serving_config(candidate: Candidate):
+    """The pyfunc's ServingConfig: the run's input format and lengths, the backbone reference + fingerprint."""
+    from pipeline.backbone_info import fingerprint
+    from pipeline.backbones import resolve_backbone
+    from pipeline.serving import ServingConfig
 
-            return get_task(task).name
-        except (OSError, ValueError, KeyError):
-            return Path(task).stem
-    return task
-
-
-def _primary_metric(params: dict[str, str]) -> str:
-    from pipeline.tasks import get_task
-
-    return get_task(params["task"]).primary_metric
-
-
-def model_config(candidate: Candidate) -> dict[str, Any]:
-    """What the pyfunc needs besides the adapter: backbone, input format, scoring mode, lengths."""
-    import ast
-
-    from pipeline.tasks import get_task
-
-    p = candidate.params
+    ref = candidate.backbone_ref
     try:
-        task = get_task(p["task"])
-        if p.get("label_strings") not in (None, "None"):  # the run's verbalizer override (logged as a list repr)
-            task = task.with_label_strings(ast.literal_eval(p["label_strings"]))
+        resolved = resolve_backbone(ref)
+        fp = {**fingerprint(resolved), "ref": ref}
+        return ServingConfig.from_run(candidate.train, backbone=ref, fingerprint=fp), resolved
     except (OSError, ValueError, KeyError) as err:
-        raise ValueError(f"task {p['task']!r} of run {candidate.run_id} cannot be loaded here ({err}); register on "
-                         "a machine that has the task files.") from err
-    config = {
-        "backbone": candidate.backbone_ref, "dtype": p.get("dtype", "float32"), "task": task.name,
-        "task_type": task.task_type, "label_strings": list(task.label_strings), "eval_mode": p.get("eval_mode", "rank"),
-        "max_source_length": int(p.get("max_source_length", 256)), "max_target_length": int(p.get("max_target_length", 16)),
-        "max_new_tokens": task.max_new_tokens, "batch_size": int(p.get("eval_batch_size", 32)), "folded": False,
-    }
-    if p["task"].endswith((".yaml", ".yml")):  # a custom task: its input columns, in order
-        from pipeline.tasks import CustomTaskSpec
-
-        spec = CustomTaskSpec.from_yaml(p["task"])
-        config["input_columns"] = [list(c) for c in spec.columns]
-    if config["eval_mode"] == "rank" and not config["label_strings"]:
-        config["eval_mode"] = "generate"
-    return config
+        raise ValueError(f"run {candidate.run_id}: its task or backbone cannot be read here ({err}); register on a "
+                         "machine that has the task files and the backbone.") from err
 
 
-def input_columns(config: dict[str, Any]) -> list[str]:
-    """The raw input columns predict() reads (a custom task's, or those a registered task's formatter asks for)."""
-    if config.get("input_columns"):
-        return [c for c, _ in config["input_columns"]]
-    from pipeline.adept_pyfunc import LABEL_KEYS, _Row
-    from pipeline.tasks import get_task
-
-    probe = _Row({})
-    try:
-        get_task(config["task"]).formatter(probe)
-    except Exception:  # noqa: BLE001 - a formatter that needs real values: no column list, no signature
-        return []
-    return [k for k in dict.fromkeys(probe.missing) if k not in LABEL_KEYS]
-
-
-def signature(config: dict[str, Any]):
-    """Inputs: the task's columns or `source` (each optional: one of the two forms); output: one string per row."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
-
-    columns = input_columns(config)
-    if not columns:
-        return None
-    inputs = Schema([ColSpec("string", c, required=False) for c in [*columns, "source"]])
-    return ModelSignature(inputs=inputs, outputs=Schema([ColSpec("string", "prediction")]))
-
-
-def log_adept_model(uri: str, candidate: Candidate):
-    """Log the run's best adapter as a pyfunc model (linked to the run); returns MLflow's ModelInfo."""
+def log_adept_model(uri: str, candidate: Candidate, run_id: str, bundle_backbone: bool = False):
+    """Log the candidate's best adapter as a pyfunc model into `run_id` (a registration run); MLflow's ModelInfo."""
     import mlflow
 
-    client = _client(uri)
-    config = model_config(candidate)
-    status = client.get_run(candidate.run_id).info.status
+    config, resolved = serving_config(candidate)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     with tempfile.TemporaryDirectory(prefix="adept-register-") as tmp:
         adapter = mlflow.artifacts.download_artifacts(run_id=candidate.run_id, artifact_path="best_adapter",
                                                       dst_path=tmp, tracking_uri=uri)
-        with mlflow.start_run(run_id=candidate.run_id):
+        artifacts = {"adapter": adapter}
+        if bundle_backbone:
+            if not Path(resolved).is_dir():
+                raise ValueError(f"--bundle-backbone: backbone {candidate.backbone_ref!r} is not a local folder.")
+            artifacts["backbone"] = resolved
+        with mlflow.start_run(run_id=run_id):  # log_model logs into the active run (it has no run_id argument)
             info = mlflow.pyfunc.log_model(
-                name="adept_model", python_model=str(MODEL_CODE), artifacts={"adapter": adapter},
-                model_config={"adept": config}, signature=signature(config), code_paths=[str(p) for p in PACKAGES], pip_requirements=PIP_REQUIREMENTS,
-                tags={"adept.task": config["task"], "adept.backbone": config["backbone"]},
+                name="adept_model", python_model=str(MODEL_CODE), artifacts=artifacts,
+                model_config=config.to_model_config(), signature=signature(config),
+                input_example=input_example(candidate, config), code_paths=[str(p) for p in PACKAGES],
+                pip_requirements=PIP_REQUIREMENTS,
+                tags={"adept.task": config.task, "adept.backbone": config.backbone},
             )
-        if status != "RUNNING":  # start_run/end_run marked the run FINISHED: keep its real status (KILLED, ...)
-            client.set_terminated(candidate.run_id, status=status)
     return info
 
 
-def register(uri: str, candidate: Candidate, name: str | None = None, force: bool = False) -> Registration:
+def signature(config):
+    """Inputs: the task's columns or `source` (each optional: one of the two forms); output: one string per row."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    inputs = Schema([ColSpec("string", c, required=False) for c in [*config.columns, "source"]])
+    return ModelSignature(inputs=inputs, outputs=Schema([ColSpec("string", "prediction")]))
+
+
+def input_example(candidate: Candidate, config):
+    """Two rows in the task's own columns (from its validation data when readable here), else `source` text."""
+    import pandas as pd
+
+    from pipeline.config import TrainConfig
+    from pipeline.setup import resolve_task
+
+    if config.columns:
+        try:
+            raw = resolve_task(TrainConfig.from_resolved(candidate.train)).raw_split("validation")
+            rows = raw.select(range(min(2, len(raw))))
+            return pd.DataFrame({c: [str(v) for v in rows[c]] for c in config.columns})
+        except Exception:  # noqa: BLE001 - hub data unreachable here: fall back to the formatted text
+            pass
+    return pd.DataFrame({"source": ["sentence: an example input"]})
+
+
+def register(uri: str, candidate: Candidate, name: str | None = None, force: bool = False,
+             bundle_backbone: bool = False) -> Registration:
     """Register `candidate` as a new version of `name` (default adept-<task>); move @champion if it wins."""
     from mlflow.exceptions import MlflowException
 
-    client = _client(uri)
+    from pipeline.tracking import client
+
+    store = client(uri)
     name = name or candidate.model_name
     try:
-        client.get_registered_model(name)
+        store.get_registered_model(name)
     except MlflowException:
-        client.create_registered_model(name, description=f"ADePT adapters for {candidate.task_name}; see adept-ray.")
-    existing = client.search_model_versions(f"name = '{name}' and run_id = '{candidate.run_id}'")
+        store.create_registered_model(name, description=f"ADePT adapters for {candidate.task_name}; see adept-ray.")
+    existing = store.search_model_versions(f"name = '{name}' and tags.source_run_id = '{candidate.run_id}'")
     if existing:
         version, new = sorted(existing, key=lambda v: int(v.version))[-1], False
     else:
-        info = log_adept_model(uri, candidate)
-        version = client.create_model_version(name, source=info.model_uri, run_id=candidate.run_id,
-                                              tags=version_tags(candidate), model_id=info.model_id)
-        new = True
-    current = _champion(client, name)
+        version, new = _new_version(uri, name, candidate, bundle_backbone), True
+    return _move_champion(store, name, version, new, candidate, force)
+
+
+def _new_version(uri: str, name: str, candidate: Candidate, bundle_backbone: bool):
+    from pipeline.tracking import FAILED, FINISHED, client, close_run, open_run
+
+    experiment = client(uri).get_run(candidate.run_id).info.experiment_id
+    exp_name = client(uri).get_experiment(experiment).name
+    ref = open_run(uri, exp_name, f"register-{name}-{candidate.run_id}", kind="registration",
+                   display_name=f"register · {name} · {candidate.tags.get('mlflow.runName', candidate.run_id)}",
+                   tags={"adept.source_run_id": candidate.run_id, "adept.model_name": name},
+                   parent_run_id=candidate.parent_run_id)
+    try:
+        info = log_adept_model(uri, candidate, ref.run_id, bundle_backbone)
+    except BaseException as err:
+        close_run(uri, ref.run_id, FAILED, error=f"{type(err).__name__}: {err}")
+        raise
+    close_run(uri, ref.run_id, FINISHED)
+    return client(uri).create_model_version(name, source=info.model_uri, run_id=ref.run_id,
+                                            tags=version_tags(candidate), model_id=info.model_id)
+
+
+def _move_champion(store, name: str, version, new: bool, candidate: Candidate, force: bool) -> Registration:
+    current = _champion(store, name)
     previous = {}
     if current is None:
         moved, reason = True, "no champion yet"
@@ -252,16 +257,17 @@ def register(uri: str, candidate: Candidate, name: str | None = None, force: boo
             moved, reason = False, (f"{candidate.score:.4g} does not beat champion v{current.version}'s "
                                     f"{current.tags.get('score')}")
     if moved:
-        client.set_registered_model_alias(name, CHAMPION, version.version)
+        store.set_registered_model_alias(name, CHAMPION, version.version)
     champion = version.version if moved else (current.version if current else None)
     return Registration(name, version.version, new, champion, moved, previous, reason)
 
 
 def version_tags(c: Candidate) -> dict[str, str]:
-    p = c.params
-    tags = {"task": c.task_name, "method": p.get("method", ""), "metric": c.metric, "score": f"{c.score:.6g}",
-            "mode": c.mode, "backbone": c.backbone_ref, "run_id": c.run_id, "num_virtual_tokens": p.get("num_virtual_tokens", ""),
-            "r": p.get("r_resolved", p.get("r", "")), "prompt_lr": p.get("prompt_lr", ""), "offset_lr": p.get("offset_lr", "")}
+    t = c.train
+    tags = {"task": c.task_name, "method": t.get("method", ""), "metric": c.metric, "score": f"{c.score:.6g}",
+            "mode": c.mode, "backbone": c.backbone_ref, "source_run_id": c.run_id,
+            "num_virtual_tokens": str(t.get("num_virtual_tokens", "")), "r": str(t.get("r_resolved", t.get("r", ""))),
+            "prompt_lr": str(t.get("prompt_lr", "")), "offset_lr": str(t.get("offset_lr", ""))}
     if c.sweep:
         tags["sweep"] = c.sweep
     if c.trial_id:
@@ -269,10 +275,10 @@ def version_tags(c: Candidate) -> dict[str, str]:
     return tags
 
 
-def _champion(client, name: str):
+def _champion(store, name: str):
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.get_model_version_by_alias(name, CHAMPION)
+        return store.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         return None
