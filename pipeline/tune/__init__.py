@@ -26,8 +26,8 @@ Modules: `config` (SweepConfig, the embedded default, the space), `prepare` (che
 """
 
 from pipeline.tune.config import (
-           DEFAULT_BASE,
-           DEFAULT_SWEEP,
+           DEFAULT_CONFIG,
+           PAPER_GRID,
            Dimension,
            SweepConfig,
            load_sweep,
@@ -38,6 +38,6 @@ from pipeline.tune.prepare import PreparedSweep, prepare_sweep
 from pipeline.tune.report import SweepOutcome, TrialRow, format_report, plot_sweep
 from pipeline.tune.run import local_cpus, run_sweep, scheduler_and_search, trial_resources, zero_shot
 
-__all__ = ["DEFAULT_BASE", "DEFAULT_SWEEP", "Dimension", "PreparedSweep", "SweepConfig", "SweepOutcome", "TrialRow",
+__all__ = ["DEFAULT_CONFIG", "PAPER_GRID", "Dimension", "PreparedSweep", "SweepConfig", "SweepOutcome", "TrialRow",
            "format_report", "load_sweep", "local_cpus", "parse_space", "plot_sweep", "prepare_sweep", "run_sweep",
            "scheduler_and_search", "trial_config", "trial_resources", "zero_shot"]

@@ -4,7 +4,6 @@ search space (`Dimension`) and how one trial's values become a `TrainConfig`."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,50 +89,28 @@ class SweepConfig:
         return cls(**data)
 
 
-# The embedded default (`python jobs/tune_adept.py` with no arguments, `make demo`): the real
-# SmolLM2-135M-Instruct on the offline movie-review task, sized for ~15 minutes on 2 CPU cores: two
-# single-threaded trials side by side, 60 steps of 8 reviews each, validation on 64 reviews every 20 steps,
-# ASHA stopping the weaker trials at 20 / 40 steps. Learning rates fit SmolLM2's small embeddings
-# (std 0.14; the paper's 0.3 / 1e-4 are for T5's large ones): higher rates collapse to one label.
-DEFAULT_BASE: dict[str, Any] = {
-    "method": "adept", "task": "movie-sentiment", "backbone": "smollm2-135m",
-    "num_virtual_tokens": 8, "budget": 100, "prompt_init_text": "Is this movie review positive or negative?",
-    "prompt_lr": 1.0e-2, "offset_lr": 3.0e-4, "warmup_steps": 5,
-    "max_steps": 60, "eval_steps": 20, "log_steps": 10, "batch_size": 8,
-    "max_source_length": 40, "max_target_length": 4, "max_train_examples": 2000, "max_eval_examples": 64,
-    "eval_mode": "rank", "eval_batch_size": 32,
-    "num_workers": 1, "deepspeed": False, "precision": "fp32", "num_checkpoints_to_keep": 1,
-    "storage_path": "ray_results", "experiment": "adept-demo",
-}
-DEFAULT_SWEEP: dict[str, Any] = {
-    "name": "adept-demo",
-    "space": {"num_virtual_tokens": [4, 8, 16], "prompt_lr": {"loguniform": [5.0e-3, 3.0e-2]},
-              "offset_lr": {"loguniform": [1.0e-4, 1.0e-3]}},
-    "points_to_evaluate": [{"num_virtual_tokens": 8, "prompt_lr": 1.0e-2, "offset_lr": 3.0e-4}],
-    "num_samples": 4, "scheduler": "asha", "grace_period": 20, "reduction_factor": 2, "seed": 0,
-    "max_concurrent_trials": 2, "cpus_per_worker": 1, "zero_shot": True,
-}
-# A config YAML without a `sweep:` section gets the paper's learning-rate grid (DePT README / ADePT).
-PAPER_SPACE: dict[str, Any] = {"prompt_lr": {"grid": [0.3, 0.4]}, "offset_lr": {"grid": [1.0e-4, 5.0e-4, 1.0e-3, 5.0e-3]}}
+# The embedded default (`python jobs/tune_adept.py` with no --config, `make demo`) and the paper's grid
+# (the sweep of a --config without a `sweep:` section) are YAML files in configs/: what users copy is what runs.
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+DEFAULT_CONFIG = CONFIGS / "demo.yaml"
+PAPER_GRID = CONFIGS / "paper_grid.yaml"
 
 
 # ---------------------------------------------------------------------------------------------- loading
 def load_sweep(path: str | Path | None = None, overrides: list[str] | None = None,
-               sweep_overrides: list[str] | None = None) -> tuple[TrainConfig, SweepConfig]:
+               sweep_overrides: list[str] | None = None, values: dict[str, Any] | None = None,
+               sweep_values: dict[str, Any] | None = None) -> tuple[TrainConfig, SweepConfig]:
     """A config YAML (TrainConfig keys + a `sweep:` section) plus `key=value` overrides of either part.
 
-    No path: the embedded default. `sweep_overrides` take `space.<key>=<yaml>` for the space.
+    No path: the embedded default (configs/demo.yaml). `sweep_overrides` take `space.<key>=<yaml>`.
     """
-    if path is None:
-        base, sweep = dict(DEFAULT_BASE), json.loads(json.dumps(DEFAULT_SWEEP))
-    else:
-        data = read_config_file(path)
-        sweep = data.pop("sweep", None)
-        if sweep is None:
-            sweep = {"space": PAPER_SPACE, "num_samples": 1}
-        if not isinstance(sweep, dict):
-            raise ValueError(f"{str(path)!r}: the sweep section must be a mapping, got {sweep!r}.")
-        base = data
+    data = read_config_file(path if path is not None else DEFAULT_CONFIG)
+    sweep = data.pop("sweep", None)
+    if sweep is None:
+        sweep = read_config_file(PAPER_GRID)["sweep"]
+    if not isinstance(sweep, dict):
+        raise ValueError(f"{str(path)!r}: the sweep section must be a mapping, got {sweep!r}.")
+    base = data
     for item in overrides or []:
         key, value = parse_override(item)
         base[key] = value
@@ -144,8 +121,9 @@ def load_sweep(path: str | Path | None = None, overrides: list[str] | None = Non
             sweep["space"] = {**(sweep["space"] or {}), key.removeprefix("space."): value}
         else:
             sweep[key] = value
+    base.update(values or {})  # typed job flags
+    sweep.update(sweep_values or {})
     return TrainConfig.from_dict(base), SweepConfig.from_dict(sweep)
-
 
 
 # ---------------------------------------------------------------------------------------------- the space

@@ -45,6 +45,11 @@ class PreparedSweep:
         return Path(self.base.config.storage_path) / "mlflow-artifacts"
 
     @property
+    def total_trials(self) -> int:
+        """num_samples × every grid combination (points_to_evaluate count among the samples)."""
+        return self.sweep.num_samples * math.prod(len(d.values) for d in self.dims if d.kind == "grid")
+
+    @property
     def grace_period(self) -> int:
         return self.sweep.grace_period or self.base.config.eval_steps
 

@@ -24,12 +24,13 @@ class TrialRow:
     run_id: str | None
     adapter: str | None  # best_adapter folder of the trial's latest checkpoint
     error: str | None = None
+    step_s: float | None = None  # median seconds per training step (its logged windows)
 
     def flat(self, metric: str) -> dict[str, Any]:
         return {"trial_id": self.trial_id, "status": self.status, **self.params, "r": self.r,
                 "trainable_params": self.trainable_params, metric: self.score, "best_step": self.best_step,
                 "last_step": self.last_step, **{f"test_{k}": v for k, v in self.test.items()},
-                "mlflow_run_id": self.run_id, "adapter": self.adapter, "error": self.error}
+                "step_s": self.step_s, "mlflow_run_id": self.run_id, "adapter": self.adapter, "error": self.error}
 
 
 @dataclass
@@ -41,6 +42,7 @@ class SweepOutcome:
     parent_run_id: str
     seconds: float
     plot: Path | None = None
+    comparison: Any = None  # pandas DataFrame from pipeline.tune.compare when the space holds `method`
 
     @property
     def ranked(self) -> list[TrialRow]:
@@ -48,62 +50,50 @@ class SweepOutcome:
         sign = -1 if self.prepared.sweep.mode == "max" else 1
         return sorted(scored, key=lambda r: sign * r.score) + [r for r in self.rows if r.score is None]
 
-RUN_STATUS = {"completed": "FINISHED", "stopped": "KILLED", "error": "FAILED"}
-
-
-def fix_child_runs(prep: PreparedSweep, outcome: SweepOutcome) -> None:
-    """Give every trial's run the status Tune decided, and the adapters of trials stopped early.
-
-    Tune stops a trial's driver as soon as it has the final result (and ASHA stops weak trials at a
-    rung), so a driver cannot be relied on to close its own run.
-    """
-    from mlflow import MlflowClient
-
-    client = MlflowClient(prep.base.tracking_uri)
-    for row in outcome.rows:
-        if row.run_id is None:
-            continue
-        client.set_tag(row.run_id, "adept.trial_status", row.status)
-        if row.score is not None:
-            client.set_tag(row.run_id, "adept.score", f"{row.score:.6g}")
-        if row.status == "stopped" and row.adapter and not client.list_artifacts(row.run_id, "best_adapter"):
-            client.log_artifacts(row.run_id, row.adapter, "best_adapter")
-        if client.get_run(row.run_id).info.status != RUN_STATUS[row.status]:
-            client.set_terminated(row.run_id, status=RUN_STATUS[row.status])
-
 
 def summarise(prep: PreparedSweep, outcome: SweepOutcome) -> Path | None:
-    """Summary table, plot, best-trial tags and counts on the sweep's parent run."""
+    """Summary table, plot, method comparison, best-trial tags and counts on the sweep's parent run; closes it."""
     import pandas as pd
-    from mlflow import MlflowClient
 
-    client = MlflowClient(prep.base.tracking_uri)
+    from pipeline.tracking import FAILED, FINISHED, client, close_run
+    from pipeline.tune.compare import compare_methods, plot_comparison
+
+    store = client(prep.base.tracking_uri)
     pid, metric = outcome.parent_run_id, prep.metric
     table = pd.DataFrame([r.flat(metric) for r in outcome.ranked])
     out = prep.storage / "summary"
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "summary.csv", index=False)
-    client.log_table(pid, data=table.astype({c: "string" for c in ("adapter", "error", "mlflow_run_id")
+    store.log_table(pid, data=table.astype({c: "string" for c in ("adapter", "error", "mlflow_run_id")
                                              if c in table}), artifact_file="sweep/summary.json")
-    client.log_artifact(pid, str(out / "summary.csv"), "sweep")
+    store.log_artifact(pid, str(out / "summary.csv"), "sweep")
     plot = plot_sweep(outcome, out / "sweep_plot.png")
     if plot is not None:
-        client.log_artifact(pid, str(plot), "sweep")
+        store.log_artifact(pid, str(plot), "sweep")
+    outcome.comparison = compare_methods(outcome)
+    if outcome.comparison is not None:
+        outcome.comparison.to_csv(out / "methods.csv", index=False)
+        store.log_table(pid, data=outcome.comparison, artifact_file="comparison/methods.json")
+        store.log_artifact(pid, str(out / "methods.csv"), "comparison")
+        comparison_plot = plot_comparison(outcome, out / "methods.png")
+        if comparison_plot is not None:
+            store.log_artifact(pid, str(comparison_plot), "comparison")
     counts = {s: sum(r.status == s for r in outcome.rows) for s in ("completed", "stopped", "error")}
-    metrics = {"trials": len(outcome.rows), **{f"trials_{k}": v for k, v in counts.items()},
-               "sweep_seconds": outcome.seconds}
+    metrics = {"sweep/trials": len(outcome.rows), **{f"sweep/trials_{k}": v for k, v in counts.items()},
+               "sweep/seconds": outcome.seconds}
     if outcome.best is not None:
-        metrics[f"best_{metric}"] = outcome.best.score
+        metrics[f"val/best_{metric.removeprefix('val_')}"] = outcome.best.score
     if outcome.zero_shot:
-        metrics.update({f"zero_shot_{k}": v for k, v in outcome.zero_shot.items()})
+        metrics.update({f"zero_shot/{k}": v for k, v in outcome.zero_shot.items()})
     for k, v in metrics.items():
-        client.log_metric(pid, k, float(v))
+        store.log_metric(pid, k, float(v))
+    tags = {}
     if outcome.best is not None:
         b = outcome.best
-        for key, value in {"best_trial_id": b.trial_id, "best_run_id": b.run_id or "", "best_score": f"{b.score:.6g}",
-                           "best_metric": metric, "best_adapter": b.adapter or ""}.items():
-            client.set_tag(pid, key, value)
-    client.set_terminated(pid, status="FINISHED" if counts["completed"] + counts["stopped"] else "FAILED")
+        tags = {"best_trial_id": b.trial_id, "best_run_id": b.run_id or "", "best_score": f"{b.score:.6g}",
+                "best_metric": metric, "best_adapter": b.adapter or ""}
+    close_run(prep.base.tracking_uri, pid, FINISHED if counts["completed"] + counts["stopped"] else FAILED, tags=tags,
+              budget_s=prep.base.config.tracking_outage_s)
     return plot
 
 
@@ -157,7 +147,7 @@ def format_report(outcome: SweepOutcome) -> str:
     counts = {s: sum(r.status == s for r in outcome.rows) for s in ("completed", "stopped", "error")}
     lines = [f"[adept] sweep {prep.name!r}: {len(outcome.rows)} trials ({counts['completed']} completed, "
              f"{counts['stopped']} stopped early, {counts['error']} errored) in {outcome.seconds:.0f} s"]
-    keys = [d.key for d in prep.dims if d.kind != "constant"]
+    keys = [d.key for d in prep.dims if d.kind != "constant" and d.key != "r"]  # r has its own column
     header = ["#", "trial", "status", *keys, "r", metric, "step"]
     body = []
     ranked = outcome.ranked
@@ -175,10 +165,15 @@ def format_report(outcome: SweepOutcome) -> str:
     if outcome.zero_shot and short in outcome.zero_shot:
         zs = outcome.zero_shot[short]
         gain = f" ({outcome.best.score - zs:+.1f} over zero-shot)" if outcome.best else ""
-        lines.append(f"[adept] zero-shot {metric} (backbone alone, same {cfg.max_eval_examples or 'all'} validation "
-                     f"rows, {cfg.eval_mode}): {zs:.2f}")
+        rows = f"the first {cfg.max_eval_examples}" if cfg.max_eval_examples else "all"
+        lines.append(f"[adept] zero-shot {metric} (the backbone alone, on {rows} validation rows the trials use, "
+                     f"{cfg.eval_mode} evaluation): {zs:.2f}")
         if outcome.best:
             lines.append(f"[adept] best {metric}: {outcome.best.score:.2f}{gain}")
+    if outcome.comparison is not None:
+        from pipeline.tune.compare import format_comparison
+
+        lines += format_comparison(outcome.comparison, metric)
     if outcome.best is not None:
         lines.append(f"[adept] best adapter: {outcome.best.adapter}")
     lines.append(f"[adept] adapters of all trials: {prep.trials_storage}/<sweep>-<trial>/step_*/best_adapter")

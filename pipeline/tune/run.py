@@ -12,7 +12,7 @@ from pipeline.config import TrainConfig, apply_driver_env, driver_env
 from pipeline.launch import PreparedRun, adapter_size
 from pipeline.tune.config import ALIASES, STATE_FILE, SWEEP_TAG, ZERO_SHOT_FILE, Dimension, trial_config
 from pipeline.tune.prepare import PreparedSweep
-from pipeline.tune.report import SweepOutcome, TrialRow, fix_child_runs, summarise
+from pipeline.tune.report import SweepOutcome, TrialRow, summarise
 
 
 def trial_resources(run: PreparedRun, worker_cpus: int | None = None) -> tuple[dict[str, float], int]:
@@ -30,30 +30,33 @@ def trial_resources(run: PreparedRun, worker_cpus: int | None = None) -> tuple[d
     return {"CPU": 1}, max(1, fits)
 
 
-def _trial_driver(params: dict, *, base: dict, sweep: str, trials_storage: str, parent_run_id: str,
-                  artifact_root: str, worker_cpus: int | None, hidden_size: int, kind: str, tracking_uri: str,
-                  backbone_ref: str, task_name: str, env: dict[str, str]) -> None:
-    """One Tune trial = one Ray Train fit, logged into a child MLflow run of the sweep's run."""
+def adept_trial(params: dict, *, base: dict, sweep: str, trials_storage: str, parent_run_id: str,
+                artifact_root: str, worker_cpus: int | None, hidden_size: int, kind: str, tracking_uri: str,
+                backbone_ref: str, task_name: str, env: dict[str, str]) -> None:
+    """One Tune trial = one Ray Train fit, logged into a child MLflow run of the sweep's run.
+
+    The run is opened here and closed by the sweep's `TrialRunStatus` callback, which learns first how the
+    trial ended (Tune stops this function as soon as it has the final result, or when ASHA stops it).
+    """
     apply_driver_env(env)  # the job's ADEPT_* settings, whenever and wherever the cluster started
     from ray import tune
 
     from pipeline.launch import make_trainer, mlflow_params_and_tags
-    from pipeline.tracking import finish_run, start_or_resume_run
+    from pipeline.tracking import open_run, trial_run_name
+    from pipeline.tune.callbacks import trial_index
 
     trial_id = tune.get_context().get_trial_id()
     cfg = trial_config(TrainConfig.from_dict(base), params, name=f"{sweep}-{trial_id}", storage_path=trials_storage)
     r, n_params = adapter_size(cfg, hidden_size, kind)
     run = PreparedRun(cfg, r, hidden_size, kind, n_params, tracking_uri, backbone_ref, task_name)
     mlflow_params, tags = mlflow_params_and_tags(run)
-    tags.update({SWEEP_TAG: sweep, "ray.trial_id": trial_id, "adept.kind": "trial"})
-    run_id = start_or_resume_run(tracking_uri, cfg.experiment, cfg.run_name, mlflow_params, tags,
-                                 Path(artifact_root), parent_run_id=parent_run_id)
-    ok = False
-    try:  # fit() raises when the run fails (after Train's own max_failures); Tune then retries the trial
-        make_trainer(run, run_id, callbacks=[_report_callback()], worker_cpus=worker_cpus).fit()
-        ok = True
-    finally:  # Tune may stop this driver first (final result received, ASHA): the summary fixes the status
-        finish_run(tracking_uri, run_id, ok)
+    tags.update({SWEEP_TAG: sweep, "ray.trial_id": trial_id})
+    ref = open_run(tracking_uri, cfg.experiment, cfg.run_name, kind="trial",
+                   display_name=trial_run_name(trial_index(trial_id), params, r, sweep), params=mlflow_params,
+                   tags=tags, artifact_root=Path(artifact_root), parent_run_id=parent_run_id,
+                   budget_s=cfg.tracking_outage_s)
+    # fit() raises when the run fails (after Train's own max_failures); Tune then retries the trial
+    make_trainer(run, ref.run_id, callbacks=[_report_callback()], worker_cpus=worker_cpus).fit()
 
 
 def _report_callback():
@@ -87,13 +90,21 @@ def _trial_dirname(trial) -> str:
     return trial.trial_id
 
 
+def _trial_name(trial) -> str:
+    """What Tune's own status table shows for a trial: "t03 m8 plr0.01" rather than an internal id."""
+    from pipeline.tracking import trial_run_name
+    from pipeline.tune.callbacks import trial_index
+
+    return trial_run_name(trial_index(trial.trial_id), trial.config or {}, None, "").removesuffix(" · ")
+
 
 def run_sweep(prep: PreparedSweep, log=print) -> SweepOutcome:
     """Start (or resume) the sweep on the Ray cluster and summarise it in MLflow."""
-    from ray import tune
 
-    from pipeline.launch import init_ray, mlflow_params_and_tags
-    from pipeline.tracking import start_or_resume_run
+    from pipeline.launch import mlflow_params_and_tags
+    from pipeline.ray_setup import init_ray
+    from pipeline.tracking import KILLED, close_run, open_run
+    from pipeline.tune.callbacks import SweepProgress, TrialRunStatus
 
     t0 = time.time()
     run, cfg, sweep = prep.base, prep.base.config, prep.sweep
@@ -102,24 +113,52 @@ def run_sweep(prep: PreparedSweep, log=print) -> SweepOutcome:
     (prep.storage / STATE_FILE).write_text(json.dumps(prep.fingerprint(), indent=1))
 
     params, tags = mlflow_params_and_tags(run)
-    params.update({f"sweep.{k}": json.dumps(v) if isinstance(v, dict) else v for k, v in sweep.to_dict().items()})
-    params["sweep.metric_resolved"] = prep.metric
-    tags.update({SWEEP_TAG: prep.name, "adept.kind": "sweep", "metric": prep.metric})
-    parent = start_or_resume_run(run.tracking_uri, cfg.experiment, prep.name, params, tags, prep.artifact_root)
-    zero = zero_shot(prep, log) if sweep.zero_shot else None
+    params.update({f"sweep.{k}": json.dumps(v) if isinstance(v, dict | list) else v
+                   for k, v in sweep.to_dict().items() if k in ("num_samples", "scheduler", "search", "space")})
+    tags.update({SWEEP_TAG: prep.name, "metric": prep.metric})
+    parent = open_run(run.tracking_uri, cfg.experiment, prep.name, kind="sweep", display_name=f"sweep · {prep.name}",
+                      params=params, tags=tags, artifact_root=prep.artifact_root, budget_s=cfg.tracking_outage_s,
+                      description=f"Sweep {prep.name}: {_describe(prep.dims)}; {sweep.scheduler} on {prep.metric}.")
+    try:
+        zero = zero_shot(prep, log) if sweep.zero_shot else None
+        grid = _run_tuner(prep, parent.run_id, log, [
+            TrialRunStatus(run.tracking_uri, cfg.experiment, prep.name, prep.metric, sweep.mode, sweep.scheduler,
+                           cfg.tracking_outage_s),
+            SweepProgress(prep.name, prep.total_trials, cfg.max_steps, prep.metric)])
+    except BaseException as err:
+        close_run(run.tracking_uri, parent.run_id, KILLED if isinstance(err, KeyboardInterrupt) else "FAILED",
+                  error=f"{type(err).__name__}: {err}"[:1000], budget_s=cfg.tracking_outage_s)
+        raise
+    rows = [_trial_row(prep, res) for res in grid]
+    outcome = SweepOutcome(prep, rows, None, zero, parent.run_id, time.time() - t0)
+    ranked = [r for r in outcome.ranked if r.score is not None]
+    outcome.best = ranked[0] if ranked else None
+    outcome.plot = summarise(prep, outcome)
+    return outcome
 
+
+def _run_tuner(prep: PreparedSweep, parent_run_id: str, log, callbacks: list):
+    from ray import tune
+
+    run, cfg, sweep = prep.base, prep.base.config, prep.sweep
     resources, fits = trial_resources(run, sweep.cpus_per_worker)
     concurrent = sweep.max_concurrent_trials or fits
     trainable = tune.with_resources(tune.with_parameters(
-        _trial_driver, base=cfg.to_dict(), sweep=prep.name, trials_storage=str(prep.trials_storage),
-        parent_run_id=parent, artifact_root=str(prep.artifact_root), worker_cpus=sweep.cpus_per_worker,
+        adept_trial, base=cfg.to_dict(), sweep=prep.name, trials_storage=str(prep.trials_storage),
+        parent_run_id=parent_run_id, artifact_root=str(prep.artifact_root), worker_cpus=sweep.cpus_per_worker,
         hidden_size=run.hidden_size, kind=run.kind, tracking_uri=run.tracking_uri,
         backbone_ref=run.backbone_ref or cfg.backbone, task_name=run.task_name or "",
         env=driver_env()), resources)
     path = str(prep.storage)
+    run_config = tune.RunConfig(name=prep.name, storage_path=str(Path(cfg.storage_path)), verbose=0,
+                                failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+                                callbacks=callbacks)
     if tune.Tuner.can_restore(path):
         log(f"[adept] resuming sweep {prep.name!r} from {path}")
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+        saved = getattr(getattr(tuner, "_local_tuner", None), "_run_config", None)
+        if saved is not None:  # restore() brings back the pickled callbacks; give it fresh ones (new clock)
+            saved.callbacks = callbacks
     else:
         scheduler, search = scheduler_and_search(prep, concurrent)
         log(f"[adept] sweep {prep.name!r}: {sweep.num_samples} sample(s) of {_describe(prep.dims)}; "
@@ -130,18 +169,11 @@ def run_sweep(prep: PreparedSweep, log=print) -> SweepOutcome:
             tune_config=tune.TuneConfig(metric=prep.metric, mode=sweep.mode, num_samples=sweep.num_samples,
                                         # the variant generator caps itself; Tune limits a Searcher (Optuna)
                                         max_concurrent_trials=concurrent if sweep.search == "optuna" else None,
-                                        scheduler=scheduler, search_alg=search, trial_dirname_creator=_trial_dirname),
-            run_config=tune.RunConfig(name=prep.name, storage_path=str(Path(cfg.storage_path)),
-                                      failure_config=tune.FailureConfig(max_failures=sweep.max_failures)),
+                                        scheduler=scheduler, search_alg=search, trial_dirname_creator=_trial_dirname,
+                                        trial_name_creator=_trial_name),
+            run_config=run_config,
         )
-    grid = tuner.fit()
-    rows = [_trial_row(prep, res) for res in grid]
-    outcome = SweepOutcome(prep, rows, None, zero, parent, time.time() - t0)
-    ranked = [r for r in outcome.ranked if r.score is not None]
-    outcome.best = ranked[0] if ranked else None
-    fix_child_runs(prep, outcome)
-    outcome.plot = summarise(prep, outcome)
-    return outcome
+    return tuner.fit()
 
 
 def scheduler_and_search(prep: PreparedSweep, concurrent: int):
@@ -175,9 +207,9 @@ def _describe(dims: list[Dimension]) -> str:
 
 def _trial_row(prep: PreparedSweep, res) -> TrialRow:
     import pandas as pd
-    from mlflow import MlflowClient
 
-    from pipeline.tracking import find_run, get_or_create_experiment
+    from pipeline.tracking import experiment_id, find_run
+    from pipeline.tune.callbacks import completed
 
     cfg = prep.base.config
     trial_id = Path(res.path).name
@@ -185,7 +217,7 @@ def _trial_row(prep: PreparedSweep, res) -> TrialRow:
     params = {k: res.config[k] for k in (d.key for d in prep.dims) if k in (res.config or {})}
     trial_cfg = trial_config(cfg, params)
     r, n_params = adapter_size(trial_cfg, prep.base.hidden_size, prep.base.kind)
-    score = best_step = last_step = adapter = None
+    score = best_step = last_step = adapter = step_s = None
     test: dict[str, float] = {}
     if df is not None and len(df) and prep.metric in df:
         values = df[prep.metric].dropna()
@@ -198,25 +230,26 @@ def _trial_row(prep: PreparedSweep, res) -> TrialRow:
         last_step = int(last["step"]) if "step" in df else None
         test = {k.removeprefix("test_"): float(last[k]) for k in df.columns
                 if k.startswith("test_") and last[k] == last[k]}
+        if "perf_step_s" in df and df["perf_step_s"].notna().any():
+            step_s = float(df["perf_step_s"].dropna().median())
         if "checkpoint_path" in df:
             paths = df["checkpoint_path"].dropna()
             if len(paths) and (Path(paths.iloc[-1]) / "best_adapter").is_dir():
                 adapter = str(Path(paths.iloc[-1]) / "best_adapter")
     if res.error is not None:
         status = "error"
-    elif test:
+    elif completed(res.metrics):
         status = "completed"
     else:
         status = "stopped"
     run_name = f"{prep.name}-{trial_id}"
-    client = MlflowClient(prep.base.tracking_uri)
-    found = find_run(client, get_or_create_experiment(prep.base.tracking_uri, cfg.experiment, prep.artifact_root),
+    found = find_run(prep.base.tracking_uri, experiment_id(prep.base.tracking_uri, cfg.experiment, prep.artifact_root),
                      run_name)
     error = None
     if res.error is not None:
         error = (str(res.error).strip().splitlines() or [type(res.error).__name__])[-1][:300]
     return TrialRow(trial_id, status, params, r, n_params, score, best_step, last_step, test, run_name,
-                    found.info.run_id if found else None, adapter, error)
+                    found.info.run_id if found else None, adapter, error, step_s)
 
 
 # ---------------------------------------------------------------------------------------------- zero-shot
@@ -238,19 +271,22 @@ def zero_shot(prep: PreparedSweep, log=print) -> dict[str, float]:
     t0 = time.time()
     cpus = prep.sweep.cpus_per_worker or cpus_per_worker(cfg)
     task = ray.remote(num_cpus=cpus, num_gpus=1 if cfg.use_gpu else 0)(_zero_shot_task)
-    metrics = ray.get(task.remote(cfg.to_dict()))
+    metrics = ray.get(task.remote(cfg.to_dict(), driver_env()))
     log(f"[adept] zero-shot: {metrics} in {time.time() - t0:.0f} s")
     cache.write_text(json.dumps(metrics))
     return metrics
 
 
-def _zero_shot_task(cfg_dict: dict) -> dict[str, float]:
+def _zero_shot_task(cfg_dict: dict, env: dict[str, str]) -> dict[str, float]:
     import torch
 
     from pipeline.backbones import load_backbone
     from pipeline.evaluation import EvalConfig, evaluate
+    from pipeline.logs import configure_worker_logging
     from pipeline.setup import resolve_task, tokenize_config
 
+    apply_driver_env(env)
+    configure_worker_logging()
     cfg = TrainConfig.from_dict(cfg_dict)
     model, tokenizer, kind = load_backbone(cfg.backbone, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
     model.to("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
