@@ -1,23 +1,25 @@
 """Predict a file of task inputs with an adapter: a registered model, a pyfunc folder or an adapter folder.
 
     python jobs/predict.py --model models:/adept-movie-sentiment@champion --input reviews.csv
-    python jobs/predict.py --model ray_results/adept-demo/trials/.../best_adapter --backbone smollm2-135m \\
-                           --task movie-sentiment --input reviews.jsonl --output predictions.jsonl --folded
+    python jobs/predict.py --model models:/adept-movie-sentiment/3 --backbone /models/smollm2 --folded --input in.csv
+    python jobs/predict.py --model ray_results/adept-demo/trials/.../best_adapter --task movie-sentiment \\
+                           --input reviews.jsonl --output predictions.jsonl
 
 Inputs: CSV or JSONL with the task's input columns (movie-sentiment: `text`; a custom task: its
 `input_columns`) or a `source` column with the formatted model input. Output: the input rows plus a
 `prediction` column (label string, or the generated answer), to --output (.csv / .jsonl) or stdout.
---folded folds ADePT's FFN into the embedding table first (same predictions, prompt-tuning cost).
+Load options (pipeline/serving.py): --folded, --backbone (another copy of the backbone; fingerprint-checked),
+--batch-size, --max-new-tokens, --device, or any of them as --option key=value.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from pipeline import cli  # noqa: E402 - standard library only: --help stays fast
 
 
 def read_inputs(path: Path):
@@ -49,47 +51,64 @@ def write_outputs(frame, path: Path | None) -> None:
         frame.to_json(path, orient="records", lines=True, force_ascii=False)
 
 
-def load_model(args):
-    """A pyfunc model: from the registry / a pyfunc folder, or a local adapter folder wrapped on the fly."""
-    import mlflow
+def load_options(args) -> dict:
+    """The load options given on the command line (pipeline.serving.LOAD_OPTIONS), validated."""
+    from pipeline.config import parse_override
+    from pipeline.serving import check_options
 
-    overrides = {"folded": True} if args.folded else None
+    options = dict(parse_override(item) for item in args.option)
+    for key in ("folded", "backbone", "batch_size", "max_new_tokens", "device"):
+        value = getattr(args, key)
+        if value not in (None, False):
+            if key in options:
+                raise ValueError(f"{key}: given twice, as --{key.replace('_', '-')} and --option; keep one.")
+            options[key] = value
+    check_options(options)
+    return options
+
+
+def load_model(args, options: dict):
+    """A model with .predict(frame): from the registry / a pyfunc folder, or an adapter folder directly."""
     source = args.model
     if source.startswith(("models:/", "runs:/")) or (Path(source) / "MLmodel").is_file():
-        if args.mlflow_uri:
-            mlflow.set_tracking_uri(args.mlflow_uri)
-            mlflow.set_registry_uri(args.mlflow_uri)
-        return mlflow.pyfunc.load_model(source, model_config=overrides)
-    from adept.io import CONFIG_NAME, PEFT_CONFIG_NAME, find_adapter_files
+        import mlflow
 
-    adapter = Path(source)
-    try:
-        files = find_adapter_files(adapter)  # any layout adept reads: adept-ray, adept-ray 0.1, official ADePT/PEFT
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{source!r} is neither a models:/ URI, a pyfunc folder (MLmodel) nor an adapter "
-                                f"folder ({CONFIG_NAME} or {PEFT_CONFIG_NAME}).") from None
-    if not args.task:
-        raise ValueError("an adapter folder needs --task (a registered task name or a custom-task YAML).")
-    backbone = args.backbone or files.backbone
-    if not backbone:
-        raise ValueError("the adapter does not record its backbone: pass --backbone.")
-    from pipeline.registry import Candidate, model_config
+        from pipeline.tracking import check_tracking_server, default_tracking_uri
 
-    params = {"task": args.task, "backbone": backbone, "eval_mode": args.eval_mode,
-              "max_source_length": str(args.max_source_length), "max_target_length": str(args.max_target_length)}
-    config = {**model_config(Candidate("local", 0.0, "", "max", args.task, params, {})), **(overrides or {})}
+        if source.startswith(("models:/", "runs:/")):
+            uri = args.mlflow_uri or default_tracking_uri()
+            check_tracking_server(uri)  # seconds, not minutes of retries, when the server is away
+            mlflow.set_tracking_uri(uri)
+            mlflow.set_registry_uri(uri)
+        return mlflow.pyfunc.load_model(source, model_config=options or None)
+    return load_adapter_folder(Path(source), args, options)
+
+
+def load_adapter_folder(adapter: Path, args, options: dict):
+    from adept.io import find_adapter_files
     from pipeline.adept_pyfunc import AdeptPyfunc
+    from pipeline.serving import ServingConfig
 
-    class Context:  # what load_context reads from MLflow's context
-        artifacts = {"adapter": str(adapter)}
-        model_config = config
-
-    model = AdeptPyfunc()
-    model.load_context(Context)
+    files = find_adapter_files(adapter)  # refuses anything that is not an adapter folder, with the reason
+    if not args.task:
+        raise ValueError("--task: an adapter folder needs the task (a registered task name or a custom-task YAML).")
+    adept = files.adept_config()
+    backbone = options.pop("backbone", None) or files.backbone
+    if not backbone:
+        raise ValueError("--backbone: the adapter does not record its backbone; pass it.")
+    train = {"task": args.task, "backbone": backbone, "method": adept.method, "r": adept.ffn_hidden_size or adept.rank,
+             "num_virtual_tokens": adept.num_virtual_tokens, "eval_mode": args.eval_mode or "rank"}
+    for key in ("max_source_length", "max_target_length"):
+        if getattr(args, key) is not None:
+            train[key] = getattr(args, key)
+    config = ServingConfig.from_run(train, backbone=backbone).with_options(options)
+    model = AdeptPyfunc().load(config, adapter)
     return _Local(model)
 
 
 class _Local:
+    """An adapter loaded without MLflow, with the pyfunc model's predict(frame) call."""
+
     def __init__(self, model):
         self.model = model
 
@@ -98,31 +117,33 @@ class _Local:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION, a pyfunc folder, "
                                                        "or an adapter folder")
     parser.add_argument("--input", required=True, type=Path, help=".csv or .jsonl with the task's input columns")
     parser.add_argument("--output", type=Path, help=".csv or .jsonl (default: CSV on stdout)")
     parser.add_argument("--folded", action="store_true", help="fold ADePT's FFN into the embedding table first")
+    parser.add_argument("--backbone", help="load this backbone (alias, hub id or folder) instead of the recorded one")
+    parser.add_argument("--batch-size", type=int, help="examples per forward pass")
+    parser.add_argument("--max-new-tokens", type=int, help="generation budget (generate mode)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="any load option")
     parser.add_argument("--mlflow-uri", help="tracking/registry URI for models:/ (default: $MLFLOW_TRACKING_URI)")
     parser.add_argument("--task", help="adapter folder only: task name or custom-task YAML")
-    parser.add_argument("--backbone", help="adapter folder only: default: the backbone the adapter records")
-    parser.add_argument("--eval-mode", default="rank", choices=["rank", "generate"], help="adapter folder only")
-    parser.add_argument("--max-source-length", type=int, default=256, help="adapter folder only")
-    parser.add_argument("--max-target-length", type=int, default=16, help="adapter folder only")
+    parser.add_argument("--eval-mode", choices=["rank", "generate"], help="adapter folder only (default: rank)")
+    parser.add_argument("--max-source-length", type=int, help="adapter folder only (default: TrainConfig's)")
+    parser.add_argument("--max-target-length", type=int, help="adapter folder only (default: TrainConfig's)")
     args = parser.parse_args(argv)
-    if args.mlflow_uri is None and os.environ.get("MLFLOW_TRACKING_URI") is None and args.model.startswith("models:/"):
-        args.mlflow_uri = f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-
-    from mlflow.exceptions import MlflowException
+    cli.start(args)
 
     try:
+        from mlflow.exceptions import MlflowException
+
         frame = read_inputs(args.input)
-        model = load_model(args)
+        model = load_model(args, load_options(args))
         predictions = model.predict(frame)
-    except (ValueError, KeyError, OSError, MlflowException) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (*cli.user_errors(), MlflowException) as err:
+        return cli.fail(err)
     frame = frame.copy()
     frame["prediction"] = list(predictions)
     if args.output is not None:

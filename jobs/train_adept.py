@@ -1,21 +1,24 @@
 """Fit one ADePT (or DePT / prompt-tuning) adapter with Ray Train + DeepSpeed, tracked in MLflow.
 
-    python jobs/train_adept.py --config configs/offline_default.yaml
+    python jobs/train_adept.py --config configs/demo.yaml          # the demo's base settings, one fit (local Ray, CPU)
     python jobs/train_adept.py --config configs/t5_base_rte.yaml --set prompt_lr=4e-1 --num-workers 4 --use-gpu
     ray job submit --address http://HEAD:8265 --working-dir . -- python jobs/train_adept.py --config configs/llama2_7b_zero3.yaml
 
-Re-running with the same --name (and storage path) resumes from the latest checkpoint.
+Every TrainConfig key (pipeline/config.py) is a YAML key and a `--set key=value`; the common ones also have
+flags (a key given both ways is an error). Re-running with the same --name (and storage path) resumes from the
+latest good checkpoint; a finished run is left as it is.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from pipeline.config import TrainConfig  # noqa: E402
+from pipeline import cli  # noqa: E402 - standard library only: --help stays fast
+
+log = cli.logger()
 
 # flag -> config key; each flag is a shortcut for --set key=value
 FLAGS = {
@@ -26,51 +29,68 @@ FLAGS = {
 }
 
 
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML file with TrainConfig keys (see pipeline/config.py)")
+def parse_args(argv: list[str] | None = None):
+    parser = cli.parser(__doc__)
+    parser.add_argument("--config", help="YAML file with TrainConfig keys (a sweep: section is ignored)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     for key, kind in FLAGS.items():
         parser.add_argument("--" + key.replace("_", "-"), dest=key, type=kind)
-    parser.add_argument("--m", dest="num_virtual_tokens", type=int, help="alias of --num-virtual-tokens")
+    parser.add_argument("--m", dest="m", type=int, help="alias of --num-virtual-tokens")
     parser.add_argument("--use-gpu", dest="use_gpu", action="store_true", default=None)
     parser.add_argument("--no-deepspeed", dest="deepspeed", action="store_false", default=None,
                         help="plain DDP instead of DeepSpeed")
-    args = parser.parse_args(argv)
-    overrides = list(args.set)
-    for key in [*FLAGS, "use_gpu", "deepspeed"]:
-        value = getattr(args, key, None)
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    return TrainConfig.load(args.config, overrides)
+    return parser.parse_args(argv)
+
+
+def load_config(args):
+    from pipeline.config import TrainConfig
+
+    if args.m is not None and args.num_virtual_tokens is not None:
+        raise ValueError("num_virtual_tokens: given as --m and --num-virtual-tokens; keep one.")
+    flags = {**{k: k for k in FLAGS}, "m": "num_virtual_tokens", "use_gpu": "use_gpu", "deepspeed": "deepspeed"}
+    return TrainConfig.load(args.config, args.set, cli.flag_values(args, flags, args.set))
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.backbones import BackboneError
-    from pipeline.launch import fit, prepare
-
+    args = parse_args(argv)
+    cli.start(args)
     try:
-        cfg = parse_args(argv)
-        run = prepare(cfg)  # every check before Ray starts
-    except (ValueError, KeyError, OSError, BackboneError) as err:  # OSError covers missing files, ConnectionError
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        from pipeline.launch import fit, prepare
+
+        run = prepare(load_config(args))  # every check before Ray starts
+    except cli.user_errors() as err:
+        return cli.fail(err)
     cfg = run.config
-    print(f"[adept] {cfg.method} on {cfg.task} with {cfg.backbone} ({run.kind}, d={run.hidden_size}): "
+    log.info(f"[adept] {cfg.method} on {cfg.task} with {cfg.backbone} ({run.kind}, d={run.hidden_size}): "
           f"m={cfg.num_virtual_tokens} r={run.r} -> {run.trainable_params:,} trainable params; "
           f"{cfg.num_workers} worker(s), {'DeepSpeed ZeRO-' + str(cfg.zero_stage) if cfg.deepspeed else 'DDP'}, "
           f"{cfg.precision}; run {cfg.run_name!r} in {cfg.storage_path}")
-    result = fit(run)
+    try:
+        result = fit(run)
+    except cli.user_errors() as err:
+        return cli.fail(err)
+    except Exception as err:  # noqa: BLE001 - Ray Train V2 raises the workers' failure from fit()
+        return report_failure(run, err)
     if result.error is not None:
-        print(f"[adept] run failed: {result.error}", file=sys.stderr)
-        return 1
+        return report_failure(run, result.error)
     best = Path(result.checkpoint.path) / "best_adapter"
-    metrics = {k: v for k, v in result.metrics.items() if k.startswith(("val_", "test_"))}
+    metrics = {k: round(v, 4) for k, v in result.metrics.items() if k.startswith(("val_", "test_"))}
     print(f"[adept] finished: {metrics}")
     print(f"[adept] best adapter: {best}")
-    print(f"[adept] MLflow: {run.tracking_uri} (experiment {cfg.experiment!r}, run {cfg.run_name!r}); "
+    print(f"[adept] MLflow: {run.tracking_uri} (experiment {cfg.experiment!r}, run {run.display_name!r}); "
           f"UI: mlflow ui --backend-store-uri {run.tracking_uri}")
     return 0
+
+
+def report_failure(run, err: BaseException) -> int:
+    """The fit failed after Ray started: say why in one line, and how to continue from the last checkpoint."""
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    cause = next((line for line in reversed(lines) if "Error" in line or "error" in line), lines[-1] if lines else "")
+    cfg = run.config
+    print(f"error: the fit failed: {cause.strip()[:1000]}", file=sys.stderr)
+    print(f"[adept] checkpoints stay in {Path(cfg.storage_path) / cfg.run_name}; re-run with --name {cfg.run_name} "
+          "to continue from the last good one.", file=sys.stderr, flush=True)
+    return 1
 
 
 if __name__ == "__main__":
