@@ -14,7 +14,7 @@ from jobs.predict import main as predict_main
 from jobs.register_best import main as register_main
 from pipeline.config import TrainConfig
 from pipeline.launch import mlflow_params_and_tags, prepare
-from pipeline.tracking import start_or_resume_run
+from pipeline.tracking import close_run, open_run
 
 pytestmark = pytest.mark.slow  # logs and loads pyfunc models (~5 s each)
 
@@ -41,17 +41,17 @@ def fake_sweep(store, name, score):
     """A finished sweep as jobs/tune_adept.py leaves it: parent run + one child with a best adapter."""
     uri, run = store["uri"], store["run"]
     params, tags = mlflow_params_and_tags(run)
-    parent = start_or_resume_run(uri, "sweeps", name, params, {**tags, "adept.kind": "sweep", "adept.sweep": name,
-                                                                 "metric": "val_accuracy"}, store["root"])
-    child = start_or_resume_run(uri, "sweeps", f"{name}-t0", params,
-                                {**tags, "adept.sweep": name, "ray.trial_id": "t0", "adept.score": str(score)},
-                                store["root"], parent_run_id=parent)
+    parent = open_run(uri, "sweeps", name, kind="sweep", params=params,
+                      tags={**tags, "adept.sweep": name, "metric": "val_accuracy"}, artifact_root=store["root"]).run_id
+    child = open_run(uri, "sweeps", f"{name}-t0", kind="trial", params=params,
+                     tags={**tags, "adept.sweep": name, "ray.trial_id": "t0"}, artifact_root=store["root"],
+                     parent_run_id=parent).run_id
     client = MlflowClient(uri)
-    client.log_metric(child, "val_accuracy", score, step=10)
+    client.log_metric(child, "val/accuracy", score, step=10)
     client.log_artifacts(child, str(store["adapter"]), "best_adapter")
-    client.set_terminated(child, "KILLED")  # stopped early by ASHA: registering must keep this status
-    client.set_tag(parent, "best_run_id", child)
-    client.set_terminated(parent)
+    client.log_dict(child, {**run.config.to_dict(), "r_resolved": run.r}, "config/resolved_config.json")
+    close_run(uri, child, "FINISHED", tags={"adept.stopped_early": "asha", "adept.score": str(score)})
+    close_run(uri, parent, "FINISHED", tags={"best_run_id": child})
     return child
 
 
@@ -72,9 +72,9 @@ def test_champion_moves_only_on_a_better_score_or_force(store, capsys):
     versions, champion = state(store)
     assert list(versions) == ["1"] and champion == "1"
     tags = versions["1"].tags
-    assert tags["score"] == "80" and tags["metric"] == "val_accuracy" and tags["task"] == "synthetic-sentiment"
-    assert tags["method"] == "adept" and tags["backbone"] == str(store["run"].config.backbone) and tags["run_id"] == good
-    assert MlflowClient(store["uri"]).get_run(good).info.status == "KILLED"
+    assert tags["score"] == "80" and tags["metric"] == "val/accuracy" and tags["task"] == "synthetic-sentiment"
+    assert tags["method"] == "adept" and tags["backbone"] == str(store["run"].config.backbone)
+    assert tags["source_run_id"] == good
 
     assert register(store, "--sweep", "worse") == 0  # a worse sweep: a new version, the champion stays
     assert "does not beat" in capsys.readouterr().out
@@ -83,7 +83,7 @@ def test_champion_moves_only_on_a_better_score_or_force(store, capsys):
 
     assert register(store, "--sweep", "worse", "--force") == 0  # forced: same version 2, now champion
     versions, champion = state(store)
-    assert sorted(versions) == ["1", "2"] and champion == "2" and versions["2"].run_id == worse
+    assert sorted(versions) == ["1", "2"] and champion == "2" and versions["2"].tags["source_run_id"] == worse
 
     assert register(store, "--run-id", good) == 0  # already registered: no new version; 80 beats 60
     out = capsys.readouterr().out

@@ -128,16 +128,16 @@ def test_job_submit_sweep_register_predict(ray_head, synthetic_task, tiny_backbo
     children = [r for r in found if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert parent.info.status == "FINISHED" and len(children) == 2
     assert parent.data.tags["best_run_id"] in {c.info.run_id for c in children}
-    assert "zero_shot_accuracy" in parent.data.metrics and parent.data.metrics["trials"] == 2
+    assert "zero_shot/accuracy" in parent.data.metrics and parent.data.metrics["sweep/trials"] == 2
     for child in children:
-        assert child.data.tags["adept.trial_status"] in ("completed", "stopped")
-        assert len(client.get_metric_history(child.info.run_id, "val_accuracy")) >= 1
+        assert child.info.status == "FINISHED"  # completed, or stopped early by ASHA: neither is a failure
+        assert len(client.get_metric_history(child.info.run_id, "val/accuracy")) >= 1
         assert {a.path for a in client.list_artifacts(child.info.run_id, "best_adapter")} == {
             f"best_adapter/{WEIGHTS_NAME}", f"best_adapter/{CONFIG_NAME}"}
-        if child.data.tags["adept.trial_status"] == "completed":
-            assert child.info.status == "FINISHED" and "test_accuracy" in child.data.metrics
-        else:  # stopped by ASHA at its rung: closed as KILLED by the sweep's summary
-            assert child.info.status == "KILLED"
+        if "adept.stopped_early" in child.data.tags:  # stopped by ASHA at its rung
+            assert child.data.tags["adept.stopped_early"] == "asha" and "test/accuracy" not in child.data.metrics
+        else:
+            assert "test/accuracy" in child.data.metrics
     plot = Path(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="sweep/sweep_plot.png",
                                                     tracking_uri=uri))
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -58,12 +58,13 @@ def test_retry_error_report_and_resume(synthetic_task, tiny_backbone, tmp_path, 
     client, parents, children = runs(tmp_path)
     assert len(parents) == 1 and len(children) == 2
     parent = parents[0]
-    assert parent.info.status == "FINISHED" and parent.data.metrics["trials_error"] == 1
+    assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/trials_error"] == 1
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
     done = next(c for c in children if c.data.params["batch_size"] == "16")
     assert parent.data.tags["best_run_id"] == done.info.run_id and done.info.status == "FINISHED"
-    assert float(parent.data.tags["best_score"]) == done.data.metrics["val_best"]
-    assert next(c for c in children if c.data.params["batch_size"] == "512").info.status == "FAILED"
+    assert float(parent.data.tags["best_score"]) == done.data.metrics["val/best"]
+    failed = next(c for c in children if c.data.params["batch_size"] == "512")
+    assert failed.info.status == "FAILED" and "too few" in failed.data.tags["adept.error"]
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")} >= {
         "sweep/summary.csv", "sweep/summary.json", "sweep/sweep_plot.png"}
 

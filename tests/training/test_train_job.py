@@ -60,11 +60,11 @@ def test_two_workers_deepspeed_learn_and_best_adapter_reproduces(stage, syntheti
 
     client, run = only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert run.info.status == "FINISHED"
-    assert run.data.params["zero_stage"] == str(stage) and run.data.params["r_resolved"] == "8"
+    assert run.data.params["zero_stage"] == str(stage) and run.data.params["r"] == "8"
     assert run.data.tags["method"] == "adept" and int(run.data.tags["trainable_params"]) == 4 * 32 + 2 * 32 * 8 + 8 + 32
-    assert run.data.metrics["val_best"] == pytest.approx(state["best_score"])
-    assert "test_accuracy" in run.data.metrics and "tokens_per_s" in run.data.metrics
-    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 6
+    assert run.data.metrics["val/best"] == pytest.approx(state["best_score"])
+    assert "test/accuracy" in run.data.metrics and "perf/tokens_per_s" in run.data.metrics
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 6
     artifacts = {a.path for p in ("best_adapter", "predictions", "config") for a in client.list_artifacts(run.info.run_id, p)}
     assert {f"best_adapter/{WEIGHTS_NAME}", f"best_adapter/{CONFIG_NAME}", "predictions/test.json",
             "predictions/validation_best.json", "config/resolved_config.json"} <= artifacts
@@ -109,7 +109,7 @@ def test_real_mlflow_server(synthetic_task, tiny_backbone, tmp_path, mlflow_serv
                    "--max-steps", "10", "--eval-steps", "10", "--name", "server", "--mlflow-uri", mlflow_server))
     assert rc == 0
     client, run = only_run(mlflow_server)
-    assert run.info.status == "FINISHED" and "val_accuracy" in run.data.metrics
+    assert run.info.status == "FINISHED" and "val/accuracy" in run.data.metrics
     local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="best_adapter",
                                                 tracking_uri=mlflow_server)
     model = AdeptModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_backbone), local)
