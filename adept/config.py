@@ -57,7 +57,8 @@ class AdeptConfig:
         if self.method not in METHODS:
             raise ValueError(f"AdeptConfig.method={self.method!r} is unknown; use one of {METHODS}.")
         min_m = 1 if self.method == "prompt" else 0
-        if not isinstance(self.num_virtual_tokens, int) or self.num_virtual_tokens < min_m:
+        if (not isinstance(self.num_virtual_tokens, int) or isinstance(self.num_virtual_tokens, bool)
+                or self.num_virtual_tokens < min_m):
             raise ValueError(
                 f"AdeptConfig.num_virtual_tokens={self.num_virtual_tokens!r} must be an integer >= {min_m} "
                 f"for method {self.method!r}."

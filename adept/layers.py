@@ -41,6 +41,12 @@ class SoftPrompt(nn.Module):
             return
         if not token_ids:
             raise ValueError("prompt init got no token ids: the init text tokenised to nothing.")
+        vocab = _true_shape(embedding.weight)[0]
+        too_large = sorted({i for i in token_ids if not 0 <= i < vocab})
+        if too_large:
+            raise ValueError(f"prompt_init_text tokenises to id(s) {too_large[:5]} outside the backbone's vocabulary of "
+                             f"{vocab}: the tokenizer does not belong to this backbone; pass the backbone's own "
+                             "tokenizer, or set prompt_init='sample_vocab'.")
         ids = (token_ids * math.ceil(m / len(token_ids)))[:m]
         with gathered([embedding.weight, self.weight]):
             rows = embedding.weight[torch.tensor(ids, device=embedding.weight.device)]

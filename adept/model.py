@@ -65,6 +65,7 @@ class PromptedModel(nn.Module):
         """Refuse inputs the adapter cannot handle (DePT: longer than s)."""
 
     def _prompted_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+        _check_shapes(input_ids, attention_mask)
         self._check_inputs(input_ids)
         embeds = self.embed_inputs(input_ids)
         if attention_mask is None:
@@ -259,6 +260,16 @@ def get_adept_model(base_model: nn.Module, config: AdeptConfig, tokenizer=None) 
     `tokenizer` is needed for `prompt_init="text"`; when omitted it is loaded from the backbone's name.
     """
     return AdeptModel(base_model, config, tokenizer)
+
+
+def _check_shapes(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+    """input_ids (B, L) and a mask of exactly that shape: a shorter mask would silently shift every position."""
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}; "
+                         "add the batch dimension (input_ids.unsqueeze(0)).")
+    if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
+        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids {tuple(input_ids.shape)}: "
+                         "they must match (one mask value per token); build both with the same tokenizer call.")
 
 
 def _refuse_inputs_embeds(inputs_embeds) -> None:

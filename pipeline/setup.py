@@ -62,9 +62,8 @@ def _zero3_context(cfg: TrainConfig):
         return None
     import importlib
 
-    from transformers.integrations import HfDeepSpeedConfig
-
     import deepspeed
+    from transformers.integrations import HfDeepSpeedConfig
 
     if not cfg.use_gpu:
         importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None  # see pipeline.engine

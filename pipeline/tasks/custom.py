@@ -191,6 +191,20 @@ def _check(spec: CustomTaskSpec, key: str, data: datasets.Dataset, label_index: 
             raise ValueError(f"{where}, row {i}: the target column {spec.label_column!r} is empty")
 
 
+def _check_learnable(spec: CustomTaskSpec, train: datasets.Dataset) -> None:
+    """Refuse a train file nothing can be learned from: every input empty, or a single class."""
+    where = f"custom task {spec.name!r}, train file {str(spec.path('train'))!r}"
+    texts = [" ".join("" if row[c] is None else str(row[c]) for c, _ in spec.columns) for row in train]
+    if not any(t.strip() for t in texts):
+        raise ValueError(f"{where}: every row's input columns {[c for c, _ in spec.columns]} are empty; "
+                         "check input_columns names the columns that hold the text")
+    if spec.task_type == "classification":
+        seen = {_label_key(v) for v in train[spec.label_column]}
+        if len(seen) < 2:
+            raise ValueError(f"{where}: every row has the label {sorted(seen)}; a classifier needs at least two "
+                             "classes in its train split (check the label column and the split)")
+
+
 def load_custom_task(spec: CustomTaskSpec | Mapping[str, Any] | str | Path) -> Task:
     """Build a validated `Task` from a spec object, a dict, or a YAML path."""
     if isinstance(spec, str | Path):
@@ -212,6 +226,7 @@ def load_custom_task(spec: CustomTaskSpec | Mapping[str, Any] | str | Path) -> T
         label_index = {k: i for i, k in enumerate(keys)}
     for key, data in files.items():
         _check(spec, key, data, label_index)
+    _check_learnable(spec, files["train"])
     protocol = spec.split_protocol
     if protocol == "auto":
         if len(files) == 3:
