@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adept.config import budget_rank
+from pipeline.backbone_info import BackboneInfo
 from pipeline.config import TrainConfig, driver_env
 from pipeline.data import fixed_length
 
@@ -30,6 +31,7 @@ class PreparedRun:
     # and the task's registry name (a custom task's `name`, not its YAML path): recorded as MLflow tags.
     backbone_ref: str | None = None
     task_name: str | None = None
+    info: BackboneInfo | None = None  # sizes read from the backbone's config (positions, layers, heads)
 
     def loop_config(self, mlflow_run_id: str | None) -> dict:
         # ADEPT_* settings (cache dir, log level, test hooks) reach workers on any node, and in a local
@@ -80,7 +82,7 @@ def prepare(cfg: TrainConfig, check_mlflow: bool = True) -> PreparedRun:
         raise PermissionError(f"storage_path: {str(storage)!r} is not writable ({err}); choose another.") from err
     if check_mlflow:
         check_tracking_server(uri)
-    return PreparedRun(cfg, r, info.hidden_size, info.kind, params, uri, backbone_ref, task.name)
+    return PreparedRun(cfg, r, info.hidden_size, info.kind, params, uri, backbone_ref, task.name, info)
 
 
 def adapter_size(cfg: TrainConfig, hidden_size: int, kind: str) -> tuple[int | None, int]:

@@ -48,7 +48,7 @@ def tiny_llama(hidden_size: int = 32, vocab_size: int = VOCAB_SIZE, tie: bool = 
     torch.manual_seed(seed)
     cfg = LlamaConfig(
         vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
         pad_token_id=0, eos_token_id=1, bos_token_id=1, tie_word_embeddings=tie, initializer_range=init_std,
     )
     return LlamaForCausalLM(cfg).eval()

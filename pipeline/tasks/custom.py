@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-import yaml
 
 from pipeline.tasks.base import PROTOCOLS, TASK_TYPES, SplitSpec, Task, join_fields
 
@@ -107,7 +106,9 @@ class CustomTaskSpec:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"custom task spec {str(path)!r} does not exist")
-        data = yaml.safe_load(path.read_text())
+        from pipeline.config import load_yaml
+
+        data = load_yaml(path.read_text(), f"custom task spec {str(path)!r}")
         if not isinstance(data, dict):
             raise ValueError(f"custom task spec {str(path)!r} must be a YAML mapping of keys to values")
         return cls.from_dict(data, base_dir=path.parent)

@@ -123,10 +123,14 @@ def _check_combinations(base: TrainConfig, dims: list[Dimension], run: PreparedR
         combos = [{d.key: v} for d, values in zip(dims, probes, strict=True) for v in values]
     else:
         combos = [dict(zip((d.key for d in dims), values, strict=True)) for values in product(*probes)]
+    from pipeline.launch import check_sizes
+
     for params in combos:
         try:
             cfg = trial_config(base, params)
             adapter_size(cfg, run.hidden_size, run.kind)
+            if run.info is not None:
+                check_sizes(cfg, run.info)  # m beyond the backbone's positions or this machine's memory
         except (ValueError, TypeError) as err:
             shown = ", ".join(f"{k}={v}" for k, v in params.items())
             raise ValueError(f"sweep space point ({shown}) is invalid: {err}") from None
