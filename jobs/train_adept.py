@@ -65,14 +65,23 @@ def main(argv: list[str] | None = None) -> int:
           f"m={cfg.num_virtual_tokens} r={run.r} -> {run.trainable_params:,} trainable params; "
           f"{cfg.num_workers} worker(s), {'DeepSpeed ZeRO-' + str(cfg.zero_stage) if cfg.deepspeed else 'DDP'}, "
           f"{cfg.precision}; run {cfg.run_name!r} in {cfg.storage_path}")
+    from pipeline.launch import tracking_error
+    from pipeline.tracking import TrackingOutage
+
     try:
         result = fit(run)
+    except TrackingOutage as err:  # trained, but MLflow did not get everything: the message says how to fix it
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 1
     except cli.user_errors() as err:
         return cli.fail(err)
     except Exception as err:  # noqa: BLE001 - Ray Train V2 raises the workers' failure from fit()
         return report_failure(run, err)
     if result.error is not None:
         return report_failure(run, result.error)
+    if tracking_error(result.metrics) is not None:
+        print(f"error: {tracking_error(result.metrics)}", file=sys.stderr, flush=True)
+        return 1
     best = Path(result.checkpoint.path) / "best_adapter"
     metrics = {k: round(v, 4) for k, v in result.metrics.items() if k.startswith(("val_", "test_"))}
     print(f"[adept] finished: {metrics}")

@@ -17,6 +17,7 @@ from adept.config import budget_rank
 from pipeline.backbone_info import BackboneInfo
 from pipeline.config import TrainConfig, driver_env
 from pipeline.data import fixed_length
+from pipeline.tracking.store import TrackingOutage
 
 
 @dataclass
@@ -186,7 +187,7 @@ def mlflow_params_and_tags(run: PreparedRun) -> tuple[dict, dict]:
 def fit(run: PreparedRun):
     """Run one fit to the end in its own MLflow run; returns Ray's `Result` (final metrics, checkpoint)."""
     from pipeline.ray_setup import init_ray
-    from pipeline.tracking import close_run, open_run, status_of_error
+    from pipeline.tracking import open_run
 
     cfg = run.config
     init_ray(cfg.num_workers)
@@ -197,14 +198,35 @@ def fit(run: PreparedRun):
     error: BaseException | None = None
     try:
         result = make_trainer(run, ref.run_id).fit()
-        error = result.error
+        error = result.error or tracking_error(result.metrics)
         return result
     except BaseException as err:
         error = err
         raise
     finally:
-        close_run(run.tracking_uri, ref.run_id, status_of_error(error),
-                  error=None if error is None else _error_text(error), budget_s=cfg.tracking_outage_s)
+        close_fit_run(run, ref.run_id, error)
+
+
+def tracking_error(metrics: dict | None) -> TrackingOutage | None:
+    """The fit trained, but its logs did not all reach MLflow (the worker's final report says so)."""
+    if metrics and metrics.get("tracking_unsent"):
+        return TrackingOutage(metrics.get("tracking_message") or "some logs did not reach MLflow")
+    return None
+
+
+def close_fit_run(run: PreparedRun, run_id: str, error: BaseException | None) -> None:
+    """Give the run its status; if the server is still away, say exactly how to set it later."""
+    from pipeline.tracking import TrackingOutage, close_run, status_of_error
+
+    status = status_of_error(error)
+    try:
+        close_run(run.tracking_uri, run_id, status, error=None if error is None else _error_text(error),
+                  budget_s=run.config.tracking_outage_s)
+    except TrackingOutage as outage:
+        before = f"{_error_text(error)}; " if error is not None else "the fit finished; "
+        raise TrackingOutage(f"{before}{outage} The run's status could not be written: once the server is back, "
+                             f"python -m pipeline.tracking close --run-id {run_id} --status {status} --mlflow-uri "
+                             f"{run.tracking_uri}") from outage
 
 
 def _error_text(err: BaseException) -> str:

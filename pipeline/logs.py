@@ -33,14 +33,28 @@ def configure(level: str = "info") -> None:
     """The driver: `[adept]` lines to stdout at `level`; libraries quieter; each distinct warning once."""
     os.environ[LEVEL_ENV] = level
     logger = logging.getLogger("adept")
-    if not any(getattr(h, "_adept", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stdout)
+    if not any(isinstance(h, _CurrentStdout) for h in logger.handlers):
+        handler = _CurrentStdout()
         handler.setFormatter(logging.Formatter("%(message)s"))
-        handler._adept = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
         logger.propagate = False
     logger.setLevel(level.upper())
     _quiet_libraries(level)
+
+
+class _CurrentStdout(logging.StreamHandler):
+    """Writes to whatever `sys.stdout` is when a line is logged (tests and notebooks swap it)."""
+
+    def __init__(self):
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler assigns it in __init__; the property decides
+        pass
 
 
 def configure_worker_logging() -> None:

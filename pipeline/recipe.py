@@ -37,6 +37,7 @@ from pipeline.tracking import RunLogger, ray_key
 
 log = logging.getLogger("adept")
 FAIL_STEP_ENV = "ADEPT_TEST_FAIL_ONCE_AT_STEP"  # test hook: raise once at this step (marker file in storage)
+STEP_SLEEP_ENV = "ADEPT_TEST_STEP_SLEEP_S"  # test hook: pause after each step (fault tests need time to act)
 
 
 class DivergenceError(RuntimeError):
@@ -162,6 +163,8 @@ class FitRecipe:
                     continue
                 state.step, state.batch_in_epoch = state.step + 1, index + 1
                 _maybe_inject_failure(cfg, state.step)
+                if os.environ.get(STEP_SLEEP_ENV):
+                    time.sleep(float(os.environ[STEP_SLEEP_ENV]))
                 if state.step % cfg.log_steps == 0 or state.step == cfg.max_steps:
                     self.log_training()
                 if state.step % cfg.eval_steps == 0 or state.step == cfg.max_steps:
@@ -217,6 +220,8 @@ class FitRecipe:
         if self.rank == 0:
             log.info(f"[adept] done: best validation {self.data.task.primary_metric} {state.best_score} at step "
                      f"{state.best_step}; test {result.metrics}")
+        unsent = self.logger.close()  # before the final report, so the driver learns what MLflow lacks
+        final.update(tracking_unsent=int(unsent is not None), tracking_message=unsent or "")
         state.finished = True
         self._checkpoint_and_report(final, final=True)
 
@@ -231,7 +236,7 @@ class FitRecipe:
             self.test()
         finally:
             if hasattr(self, "logger"):
-                self.logger.close()  # raises TrackingOutage if logs could not be sent within the budget
+                self.logger.close()  # a no-op after test(); on a failure, sends what it can
 
     # ------------------------------------------------------------------------------------------ helpers
     def _evaluate(self, split: str, dataset):
@@ -267,7 +272,7 @@ class FitRecipe:
                 save_adapter(self.engine.module, folder / "adapter", state=current)
                 if self.best_adapter is not None:
                     save_adapter(self.engine.module, folder / "best_adapter", state=self.best_adapter)
-                    if log_best or final:
+                    if log_best:
                         self.logger.artifacts(folder / "best_adapter", "best_adapter")
                 ckpt.write(folder, snapshot, asdict(self.state), rng)
                 checkpoint = ray.train.Checkpoint.from_directory(str(folder))

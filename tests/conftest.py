@@ -1,13 +1,10 @@
 """Test-wide settings (no hub access, loopback-only Ray, CPU DeepSpeed; see shared cpu-stack notes) and the
 fixtures real fits share: a tiny Llama backbone folder, a learnable synthetic task, a real `mlflow server`."""
 
+from __future__ import annotations
+
 import os
-import shutil
 import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -25,6 +22,7 @@ for key, value in {
 
 # `tests/tiny.py` and `tests/synthetic.py` are imported as `tiny` / `synthetic` by every test package
 # (tests/ is on pytest's pythonpath, see pyproject.toml).
+from mlflow_server import MlflowServer  # noqa: E402
 from synthetic import write_backbone, write_task  # noqa: E402
 
 
@@ -65,32 +63,6 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` on 127.0.0.1 with a sqlite store; stopped at the end of the session."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
-    proc = subprocess.Popen(
-        [mlflow_bin, "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
-                break
-        except OSError:
-            time.sleep(0.5)
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}")
-    else:
-        proc.kill()
-        raise RuntimeError("mlflow server did not become healthy in 120 s")
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
+    yield server.url
+    server.stop()

@@ -3,8 +3,8 @@
 Each call is journaled, copied if it refers to files (adapters live in temp folders), and queued; one
 background thread sends the queue in order, retrying with backoff while the tracking server is
 unreachable, so an outage costs no training steps. `close()` waits for the queue to drain; if the server
-stays away longer than the outage budget it raises `TrackingOutage` naming what was not logged and the
-command that logs it later (`python -m pipeline.tracking relog ...`), which reads the journal.
+stays away longer than the outage budget it returns a message naming what was not logged and the command
+that logs it later (`python -m pipeline.tracking relog ...`, which reads the journal).
 
 The journal (`metrics.jsonl` beside the run's checkpoints) keeps every metric point the worker computed,
 replays after a resume included; a point is sent only if its step is past what the run already holds for
@@ -49,6 +49,7 @@ class RunLogger:
                 self.folder.mkdir(parents=True, exist_ok=True)
             self._thread = threading.Thread(target=self._send_loop, name="adept-mlflow", daemon=True)
             self._thread.start()
+            self._system = _system_metrics(uri, run_id)
 
     # -------------------------------------------------------------------- what training calls
     def metrics(self, values: dict[str, float], step: int) -> None:
@@ -83,24 +84,29 @@ class RunLogger:
         self._queue.put(("barrier", done, None))
         return done.wait(timeout_s)
 
-    def close(self) -> None:
-        """Send what is left (waiting at most the outage budget), then stop; raise if something was not sent."""
+    def close(self) -> str | None:
+        """Send what is left (waiting at most the outage budget), then stop.
+
+        Returns None when everything reached the run, else a message naming what did not and the commands
+        that log it once the server is back (training is never failed by the logger itself).
+        """
         if not self.enabled:
-            return
+            return None
         self._queue.put((_STOP, None, None))
         self._thread.join(self.budget_s + 60)
         self.enabled = False
+        if self._system is not None:
+            self._system.finish()
         self._failed.extend(self._drain())
-        if self._failed or self._thread.is_alive():
-            journal = self.folder / JOURNAL if self.folder else "<journal>"
-            fixes = [f"python -m pipeline.tracking relog --journal {journal} --run-id {self.run_id} "
-                     f"--mlflow-uri {self.uri}"]
-            fixes += [f"mlflow artifacts log-artifacts --local-dir {d} --run-id {self.run_id} --artifact-path {p}"
-                      for d, p in self._unsent_artifacts]
-            raise TrackingOutage(
-                f"MLflow at {self.uri} did not take {len(self._failed)} item(s) of run {self.run_id} within the "
-                f"outage budget of {self.budget_s:.0f} s: {self._failed[:6]}. Training itself finished and its "
-                "checkpoints are intact. Log what is missing once the server is back: " + " ; ".join(fixes))
+        if not self._failed and not self._thread.is_alive():
+            return None
+        journal = self.folder / JOURNAL if self.folder else "<journal>"
+        fixes = [f"python -m pipeline.tracking relog --journal {journal} --run-id {self.run_id} --mlflow-uri {self.uri}"]
+        fixes += [f"mlflow artifacts log-artifacts --local-dir {d} --run-id {self.run_id} --artifact-path {p}"
+                  for d, p in self._unsent_artifacts]
+        return (f"MLflow at {self.uri} did not take {len(self._failed)} item(s) of run {self.run_id} within the "
+                f"tracking outage budget of {self.budget_s:.0f} s ({', '.join(self._failed[:4])}"
+                f"{', ...' if len(self._failed) > 4 else ''}). Log them once the server is back: " + " ; ".join(fixes))
 
     # -------------------------------------------------------------------- the sender thread
     def _send_loop(self) -> None:
@@ -198,6 +204,19 @@ class RunLogger:
 
 def _describe(op: str, a, b) -> str:
     return f"metrics at step {a}" if op == "metrics" else f"{op} {b if op != 'datasets' else b[0]}"
+
+
+def _system_metrics(uri: str, run_id: str):
+    """CPU / memory / GPU curves of the worker node (MLflow's `system/` charts); None when unavailable."""
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=uri)
+        monitor.start()
+        return monitor
+    except Exception as err:  # noqa: BLE001 - optional: psutil missing, server away at start, ...
+        log.debug(f"[adept] no system metrics: {err}")
+        return None
 
 
 def last_steps(mlflow_client, run_id: str) -> dict[str, int]:
