@@ -15,6 +15,8 @@ logits cover the prompt positions too (B, m + L, V), as in the official code.
 from __future__ import annotations
 
 import contextlib
+import inspect
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,26 +84,37 @@ class AdeptModel(nn.Module):
     def num_virtual_tokens(self) -> int:
         return self.config.num_virtual_tokens
 
-    def input_offset(self, embeds: torch.Tensor, start: int = 0) -> torch.Tensor | None:
-        """The offset added to token embeddings (B, L, d) at input positions start..start+L-1, or None (PT)."""
+    def input_offset(self, embeds: torch.Tensor, start: int | torch.Tensor = 0) -> torch.Tensor | None:
+        """The offset added to token embeddings (B, L, d) at input positions start..start+L-1, or None (PT).
+
+        `start` may also be a (B, L) LongTensor: the input position of every token (0 = the first input
+        token; the soft prompt is not counted). Only DePT's offset depends on it.
+        """
         if self.ffn is not None:
             return self.ffn(embeds)
         if self.position_offset is not None:
             return self.position_offset(embeds, start)
         return None
 
-    def embed_inputs(self, input_ids: torch.Tensor, start: int = 0) -> torch.Tensor:
-        """E' = E + offset(E) for input ids (B, L) -> (B, L, d). The prompt is not included."""
+    def embed_inputs(self, input_ids: torch.Tensor, start: int | torch.Tensor = 0) -> torch.Tensor:
+        """E' = E + offset(E) for input ids (B, L) -> (B, L, d). The prompt is not included.
+
+        `start`: the input position of the first column, or a (B, L) tensor of positions (see `input_offset`).
+        """
         embeds = self.base_model.get_input_embeddings()(input_ids)
         offset = self.input_offset(embeds, start)
         return embeds if offset is None else embeds + offset
 
-    def _prompted_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
-        if self.position_offset is not None and input_ids.shape[1] > self.position_offset.max_length:
+    def check_input_length(self, length: int) -> None:
+        """Raise if inputs of `length` tokens are longer than DePT's s (no-op for ADePT and PT)."""
+        if self.position_offset is not None and length > self.position_offset.max_length:
             raise ValueError(
-                f"DePT input length {input_ids.shape[1]} exceeds max_length={self.position_offset.max_length}; "
+                f"DePT input length {length} exceeds max_length={self.position_offset.max_length}; "
                 "truncate inputs to AdeptConfig.max_length (DePT's offsets cover exactly s positions)."
             )
+
+    def _prompted_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+        self.check_input_length(input_ids.shape[1])
         embeds = self.embed_inputs(input_ids)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -121,6 +134,17 @@ class AdeptModel(nn.Module):
         if labels is not None and not self.is_encoder_decoder and self.num_virtual_tokens:
             labels = torch.cat([labels.new_full((labels.shape[0], self.num_virtual_tokens), IGNORE_INDEX), labels], 1)
         return self.base_model(inputs_embeds=embeds, attention_mask=mask, labels=labels, **kwargs)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        """Seq2seq only: the encoder run once on [P ; E'].
+
+        Returns (encoder outputs, attention mask with the m prompt positions); pass them to the backbone
+        as `encoder_outputs=` / `attention_mask=` to decode any number of targets without re-encoding.
+        """
+        if not self.is_encoder_decoder:
+            raise ValueError("AdeptModel.encode is for encoder-decoder backbones; this one is causal.")
+        embeds, mask = self._prompted_inputs(input_ids, attention_mask)
+        return self.base_model.get_encoder()(inputs_embeds=embeds, attention_mask=mask), mask
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
@@ -223,6 +247,22 @@ def get_adept_model(base_model: nn.Module, config: AdeptConfig, tokenizer=None) 
     `tokenizer` is needed for `prompt_init="text"`; when omitted it is loaded from the backbone's name.
     """
     return AdeptModel(base_model, config, tokenizer)
+
+
+def takes_boolean_logits_to_keep(backbone: nn.Module) -> bool:
+    """Whether `backbone`'s forward takes `logits_to_keep` as a tensor of per-row positions or a (B, L) mask.
+
+    True for transformers models that slice with `slice_logits_to_keep` (1D/2D integer positions or a
+    boolean mask; nearly every causal LM of transformers 5), checked on the module that defines `forward`.
+    """
+    forward = type(backbone).forward
+    try:
+        if "logits_to_keep" not in inspect.signature(forward).parameters:
+            return False
+    except (TypeError, ValueError):
+        return False
+    module = sys.modules.get(getattr(forward, "__module__", None) or "")
+    return getattr(module, "slice_logits_to_keep", None) is not None
 
 
 def _refuse_inputs_embeds(inputs_embeds) -> None:

@@ -191,6 +191,15 @@ def tokenize_dataset(
     return out.remove_columns(["source_length", "target_length"]), report
 
 
+def check_fits(longest: int, pad_to_length: int | None) -> None:
+    """Raise when a sequence of `longest` tokens cannot be padded to `pad_to_length` (None: no fixed length)."""
+    if pad_to_length is not None and longest > pad_to_length:
+        raise ValueError(
+            f"a sequence has {longest} tokens but pad_to_length={pad_to_length}; raise pad_to_length or truncate "
+            "to it (for DePT set max_source_length to the prompt's fixed length s)"
+        )
+
+
 def pad_sequences(
     seqs: Sequence[Sequence[int]], pad_value: int, side: str = "right", length: int | None = None
 ) -> torch.Tensor:
@@ -200,11 +209,7 @@ def pad_sequences(
     longest = max((len(s) for s in seqs), default=0)
     if length is None:
         length = longest
-    elif longest > length:
-        raise ValueError(
-            f"a sequence has {longest} tokens but pad_to_length={length}; raise pad_to_length or truncate "
-            "to it (for DePT set max_source_length to the prompt's fixed length s)"
-        )
+    check_fits(longest, length)
     out = torch.full((len(seqs), length), pad_value, dtype=torch.long)
     for i, s in enumerate(seqs):
         if len(s):
