@@ -17,6 +17,7 @@ import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from tiny import tiny_llama, tiny_tokenizer  # noqa: E402
 
+import adept  # noqa: E402
 from adept import AdeptConfig, AdeptModel, get_adept_model  # noqa: E402
 from adept.fold import folded_embedding_table  # noqa: E402
 
@@ -36,6 +37,7 @@ result["prompt_init_matches_unsharded"] = torch.equal(model.prompt.weight, refer
 engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
                                   config=ds_config)
 batch = tok(["good movie", "bad film"], return_tensors="pt", padding=True)
+result["worker_imports_this_checkout"] = Path(adept.__file__).resolve().parents[1] == Path(__file__).resolve().parents[2]
 losses = []
 for _ in range(4):
     loss = engine(**batch, labels=batch["input_ids"]).loss
