@@ -10,6 +10,9 @@ The whole method is `_prompted_inputs`: for input ids X (B, L)
 then the backbone runs on `inputs_embeds`. Seq2seq (T5): only the encoder input changes; the decoder
 and its labels are untouched. Causal (Llama, SmolLM): labels get m leading -100s and the returned
 logits cover the prompt positions too (B, m + L, V), as in the official code.
+
+Training needs only the loss: `forward(..., loss_only=True)` (what the training engines call) computes
+causal vocabulary logits at the labelled positions only, and returns the loss with `logits=None`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import AdeptConfig
@@ -125,15 +129,57 @@ class AdeptModel(nn.Module):
         return embeds, attention_mask
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None, **kwargs):
-        """Same call as the backbone; returns the backbone's output object (loss, logits, ...)."""
+                labels: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None, *,
+                loss_only: bool = False, **kwargs):
+        """Same call as the backbone; returns the backbone's output object (loss, logits, ...).
+
+        `loss_only=True` (needs `labels`; what training calls) returns the same loss with `logits=None`.
+        For causal backbones whose forward takes a boolean `logits_to_keep` and whose loss is transformers'
+        `ForCausalLMLoss` (Llama, SmolLM2, Mistral, Qwen, Gemma, ...), the vocabulary head then runs, forward
+        and backward, only at the positions whose shifted label is not -100: the model's own head (and
+        final-logit softcapping, where it has one), then the same cross-entropy (mean over the labelled
+        tokens, or sum / `num_items_in_batch` when given). Other backbones (seq2seq: every decoder
+        position is labelled) take the full path and drop the logits.
+        """
         _refuse_inputs_embeds(inputs_embeds)
         if input_ids is None:
             raise ValueError("AdeptModel.forward needs input_ids (the offsets are computed from token ids).")
         embeds, mask = self._prompted_inputs(input_ids, attention_mask)
         if labels is not None and not self.is_encoder_decoder and self.num_virtual_tokens:
             labels = torch.cat([labels.new_full((labels.shape[0], self.num_virtual_tokens), IGNORE_INDEX), labels], 1)
-        return self.base_model(inputs_embeds=embeds, attention_mask=mask, labels=labels, **kwargs)
+        if not loss_only:
+            return self.base_model(inputs_embeds=embeds, attention_mask=mask, labels=labels, **kwargs)
+        if labels is None:
+            raise ValueError("AdeptModel.forward(loss_only=True) needs labels: the loss is all it returns.")
+        if labelled_head_supported(self.base_model) and "shift_labels" not in kwargs:
+            return self._labelled_positions_loss(embeds, mask, labels, **kwargs)
+        out = self.base_model(inputs_embeds=embeds, attention_mask=mask, labels=labels, **kwargs)
+        out.logits = None
+        return out
+
+    def _labelled_positions_loss(self, embeds: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
+                                 num_items_in_batch: torch.Tensor | int | None = None, **kwargs):
+        """transformers' causal LM loss with the vocabulary head applied only where a label is."""
+        from transformers.modeling_outputs import CausalLMOutputWithPast
+
+        # ForCausalLMLoss: position t predicts labels[t + 1]; the last position predicts nothing.
+        shift_labels = F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
+        keep = shift_labels != IGNORE_INDEX  # (B, m + L) bool: the positions whose logits the loss reads
+        kwargs.setdefault("use_cache", False)
+        logits = self.base_model(inputs_embeds=embeds, attention_mask=mask, logits_to_keep=keep, **kwargs).logits
+        targets = shift_labels[keep]
+        if logits.dim() != 2 or logits.shape[0] != targets.shape[0]:
+            raise RuntimeError(
+                f"{type(self.base_model).__name__} returned logits {tuple(logits.shape)} for a boolean logits_to_keep "
+                f"selecting {targets.shape[0]} positions; this backbone cannot take loss_only=True"
+            )
+        reduction = "mean" if num_items_in_batch is None else "sum"
+        loss = F.cross_entropy(logits.float(), targets.to(logits.device), reduction=reduction)
+        if num_items_in_batch is not None:
+            if torch.is_tensor(num_items_in_batch):
+                num_items_in_batch = num_items_in_batch.to(loss.device)
+            loss = loss / num_items_in_batch
+        return CausalLMOutputWithPast(loss=loss, logits=None)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
         """Seq2seq only: the encoder run once on [P ; E'].
@@ -263,6 +309,24 @@ def takes_boolean_logits_to_keep(backbone: nn.Module) -> bool:
         return False
     module = sys.modules.get(getattr(forward, "__module__", None) or "")
     return getattr(module, "slice_logits_to_keep", None) is not None
+
+
+def labelled_head_supported(backbone: nn.Module) -> bool:
+    """Whether `AdeptModel.forward(loss_only=True)` can run `backbone`'s vocabulary head at labelled positions only.
+
+    Needs a causal transformers model that takes a boolean `logits_to_keep` (`takes_boolean_logits_to_keep`)
+    and whose loss is the stock `ForCausalLMLoss` (no custom `loss_function`).
+    """
+    config = getattr(backbone, "config", None)
+    if config is None or getattr(config, "is_encoder_decoder", False) or not takes_boolean_logits_to_keep(backbone):
+        return False
+    try:
+        from transformers.loss.loss_utils import LOSS_MAPPING
+    except ImportError:
+        return False
+    causal_lm_loss = LOSS_MAPPING.get("ForCausalLM")
+    return (causal_lm_loss is not None and getattr(backbone, "_loss_function", None) is None
+            and LOSS_MAPPING.get(getattr(backbone, "loss_type", None) or "") is causal_lm_loss)
 
 
 def _refuse_inputs_embeds(inputs_embeds) -> None:

@@ -3,6 +3,7 @@
 `train_micro_batch` runs forward + backward on one micro-batch and steps the optimizer at accumulation
 boundaries (returns whether it did); `save_state` / `load_state` hold optimizer, scheduler and adapter.
 The GPU path is the same code: the device and DeepSpeed's accelerator decide NCCL vs gloo, bf16 vs fp32.
+Both call an `AdeptModel` with `loss_only=True`: causal vocabulary logits only where a label is (same loss).
 """
 
 from __future__ import annotations
@@ -16,9 +17,15 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 from adept.io import load_adapter_state_dict
+from adept.model import AdeptModel
 from pipeline.config import TrainConfig
 
 ENGINE_TAG = "state"
+
+
+def _loss_kwargs(module) -> dict:
+    """Training needs only the loss: an AdeptModel then skips the LM head where no label is."""
+    return {"loss_only": True} if isinstance(module, AdeptModel) else {}
 
 
 def deepspeed_config(cfg: TrainConfig) -> dict:
@@ -58,10 +65,11 @@ class DeepSpeedTrainEngine:
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                config=deepspeed_config(cfg), dist_init_required=False)
         self.module = self.engine.module
+        self.loss_kwargs = _loss_kwargs(self.module)
 
     def train_micro_batch(self, batch: dict) -> tuple[float, bool]:
         self.module.train()
-        loss = self.engine(**batch).loss
+        loss = self.engine(**batch, **self.loss_kwargs).loss
         self.engine.backward(loss)
         boundary = self.engine.is_gradient_accumulation_boundary()
         self.engine.step()
@@ -88,6 +96,7 @@ class DDPTrainEngine:
             self.model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[device] if device.type == "cuda" else None)
         self.trainable = [p for p in model.parameters() if p.requires_grad]
+        self.loss_kwargs = _loss_kwargs(model)
 
     def train_micro_batch(self, batch: dict) -> tuple[float, bool]:
         self.module.train()
@@ -96,7 +105,7 @@ class DDPTrainEngine:
         sync = contextlib.nullcontext() if boundary or self.world == 1 else self.model.no_sync()
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
         with sync, autocast:
-            loss = self.model(**batch).loss
+            loss = self.model(**batch, **self.loss_kwargs).loss
             (loss / self.cfg.grad_accum).backward()
         if boundary:
             torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.max_grad_norm)

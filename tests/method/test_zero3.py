@@ -25,3 +25,6 @@ def test_adapter_under_deepspeed_zero3():
     assert result["fold_refused"]
     assert result["reload_matches"]
     assert result["worker_imports_this_checkout"]
+    # the fast paths under ZeRO-3 (partitioned backbone): LM head at labelled positions, one-pass rank scoring
+    assert result["loss_only_abs_diff"] <= 1e-5
+    assert result["one_pass_max_abs_diff"] <= 1e-4
