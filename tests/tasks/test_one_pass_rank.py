@@ -116,6 +116,24 @@ def test_each_source_runs_once(backbone):
         assert (counter.calls, counter.positions) == (1, n * k * 4)
 
 
+@pytest.mark.parametrize("backbone", ["causal", "seq2seq"])
+@torch.no_grad()
+def test_many_labels_run_in_groups_of_bounded_rows(backbone):
+    """batch_size 2: at most 4 × 2 label rows a forward, so 9 labels take 3 groups (a 26-label STS-B would take 7)."""
+    labels = ["yes", "no true", "a bad movie film", "good", "not bad", "great film", "0", "1 2", "positive"]
+    wrapper = "dept" if backbone == "causal" else "adept"
+    model, config = model_for(backbone, wrapper), eval_config(backbone, wrapper, batch_size=2)
+    reference = score_candidates_reference(model, tiny_tokenizer(), SOURCES, labels, config)
+    rows = []
+    model.base_model.register_forward_pre_hook(
+        lambda mod, args, kwargs: rows.append(next(v.shape[0] for v in kwargs.values() if torch.is_tensor(v))),
+        with_kwargs=True)
+    one_pass = score_candidates(model, tiny_tokenizer(), SOURCES, labels, config)
+    assert (one_pass - reference).abs().max().item() <= TOLERANCE
+    groups = [8, 8, 2]  # 9 labels (all >= 2 tokens) in groups of 4, 4 and 1, × 2 sources
+    assert rows == ([2] + groups if backbone == "causal" else groups) * 3  # 3 chunks of 2 sources
+
+
 @torch.no_grad()
 def test_single_token_labels_without_eos_need_no_continuation():
     model = model_for("causal", "bare")
