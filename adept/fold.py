@@ -116,8 +116,8 @@ class FoldedAdeptModel(PromptedModel):
             raise ValueError(f"FoldedAdeptModel: the prompt has {self.prompt.num_virtual_tokens} rows, but the config "
                              f"says num_virtual_tokens={config.num_virtual_tokens}.")
 
-    def embed_inputs(self, input_ids: torch.Tensor, start: int = 0) -> torch.Tensor:
-        """E'[ids]: a plain lookup, the offset is in the table (no call into `input_offset`)."""
+    def embed_inputs(self, input_ids: torch.Tensor, start: int | torch.Tensor = 0) -> torch.Tensor:
+        """E'[ids]: a plain lookup, the offset is in the table (no call into `input_offset`; `start` is unused)."""
         return self.base_model.get_input_embeddings()(input_ids)
 
     def fold(self) -> FoldedAdeptModel:

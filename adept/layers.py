@@ -89,7 +89,9 @@ class PositionOffset(nn.Module):
 
     A: (s, r) kaiming_uniform_(a=sqrt(5)) over fan_in = r;  B: (r, d) zeros;  scaling = alpha / sqrt(r).
 
-    Input: embeddings (B, L, d) of input positions `start .. start+L-1` (start > 0 while generating).
+    Input: embeddings (B, L, d) of input positions `start .. start+L-1` (start > 0 while generating), or
+    with `start` a (B, L) LongTensor, of those positions per token (a continuation of prompts of
+    different lengths, as in one-pass rank evaluation).
     Output: the offset (B, L, d). Positions >= s get no offset (DePT only defines s positions).
     """
 
@@ -104,7 +106,9 @@ class PositionOffset(nn.Module):
     def max_length(self) -> int:
         return _true_shape(self.lora_A)[0]
 
-    def forward(self, embeds: torch.Tensor, start: int = 0) -> torch.Tensor:
+    def forward(self, embeds: torch.Tensor, start: int | torch.Tensor = 0) -> torch.Tensor:
+        if isinstance(start, torch.Tensor):
+            return self._at_positions(embeds, start)
         length = embeds.shape[1]
         s = self.max_length
         offset = embeds.new_zeros(length, embeds.shape[2])
@@ -113,6 +117,13 @@ class PositionOffset(nn.Module):
             rows = self.lora_A[start:start + covered].to(embeds.dtype) @ self.lora_B.to(embeds.dtype)
             offset = torch.cat([rows * self.scaling, offset[covered:]], dim=0)
         return offset.unsqueeze(0).expand(embeds.shape[0], -1, -1)
+
+    def _at_positions(self, embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        if positions.shape != embeds.shape[:2]:
+            raise ValueError(f"positions {tuple(positions.shape)} must match the embeddings' (B, L) {tuple(embeds.shape[:2])}")
+        covered = (positions >= 0) & (positions < self.max_length)
+        rows = self.lora_A[positions.clamp(0, self.max_length - 1)].to(embeds.dtype) @ self.lora_B.to(embeds.dtype)
+        return rows * self.scaling * covered.unsqueeze(-1).to(embeds.dtype)
 
 
 def _true_shape(param: torch.Tensor) -> tuple[int, ...]:

@@ -4,8 +4,8 @@ A `TrainWork` is plain data (backbone name, method, batch size, input length, st
 rebuilds the identical model and the identical batches from it (`build_model`, `build_batches`).
 A runner is a function `TrainWork -> RunnerResult`; `RUNNERS` maps its name to it. Each step does the
 work of the pipeline's training step (`pipeline.engine.DDPTrainEngine.train_micro_batch`, 1 worker, no
-accumulation): forward, backward, clip the global grad norm to 1.0, AdamW step over the two groups, linear
-warm-up schedule step, zero grads, `loss.item()`.
+accumulation): forward (`loss_only=True`), backward, clip the global grad norm to 1.0, AdamW step over the
+two groups, linear warm-up schedule step, zero grads, `loss.item()`.
 
 Measured here: `bare`, a plain PyTorch loop in this process. Ray Train rows (1 worker; + DeepSpeed ZeRO-2)
 plug in as modules `benchmarks/runner_<name>.py` that call `register_runner(name, fn)` on import;
@@ -81,7 +81,7 @@ def build_batches(work: TrainWork, vocab_size: int, pad_id: int, spec: bc.Method
 
 
 def pipeline_step(model, optimizer, scheduler, batch: dict, max_grad_norm: float) -> float:
-    loss = model(**batch).loss
+    loss = model(**batch, loss_only=True).loss  # as the engines: the LM head only at labelled positions
     loss.backward()
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
     optimizer.step()

@@ -193,6 +193,15 @@ def _encode_batch(batch: Mapping[str, list], encoder: Encoder) -> dict[str, list
     return encoder.encode(batch["source"], batch["target"])
 
 
+def check_fits(longest: int, pad_to_length: int | None) -> None:
+    """Raise when a sequence of `longest` tokens cannot be padded to `pad_to_length` (None: no fixed length)."""
+    if pad_to_length is not None and longest > pad_to_length:
+        raise ValueError(
+            f"a sequence has {longest} tokens but pad_to_length={pad_to_length}; raise pad_to_length or truncate "
+            "to it (for DePT set max_source_length to the prompt's fixed length s)"
+        )
+
+
 def pad_sequences(
     seqs: Sequence[Sequence[int]], pad_value: int, side: str = "right", length: int | None = None
 ) -> torch.Tensor:
@@ -202,11 +211,7 @@ def pad_sequences(
     longest = max((len(s) for s in seqs), default=0)
     if length is None:
         length = longest
-    elif longest > length:
-        raise ValueError(
-            f"a sequence has {longest} tokens but pad_to_length={length}; raise pad_to_length or truncate "
-            "to it (for DePT set max_source_length to the prompt's fixed length s)"
-        )
+    check_fits(longest, length)
     out = torch.full((len(seqs), length), pad_value, dtype=torch.long)
     for i, s in enumerate(seqs):
         if len(s):

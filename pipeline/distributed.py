@@ -68,7 +68,10 @@ def distributed_evaluate(model, tokenizer, task, dataset, config, rank: int, wor
     real = [max(0, min(n, (k + 1) * per) - k * per) for k in range(world)]
     indices = list(range(rank * per, rank * per + real[rank])) + [n - 1] * (per - real[rank])
     sources = list(dataset.select(indices)["source"])
-    runner = _SyncedGenerate(model) if synced_generate and world > 1 else model
+    # Only generate() needs the wrapper; rank scoring runs the same forwards on every rank (equal shards)
+    # and wants the model itself (the one-pass scorer recognises an adept model).
+    synced = synced_generate and world > 1 and config.eval_mode == "generate"
+    runner = _SyncedGenerate(model) if synced else model
     chunk = max(config.batch_size, 1) * 4
     predictions = []
     for start in range(0, len(sources), chunk):

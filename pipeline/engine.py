@@ -6,6 +6,7 @@ unsharded tensors + JSON (see `pipeline.checkpoint`): adapter fp32 weights, Adam
 and lr, scheduler and engine counters. Both are collective calls under DeepSpeed (every rank calls them).
 Nothing is pickled, and a snapshot taken on N workers restores on M.
 The GPU path is the same code: the device and DeepSpeed's accelerator decide NCCL vs gloo, bf16 vs fp32.
+Both call an `AdeptModel` with `loss_only=True`: causal vocabulary logits only where a label is (same loss).
 """
 
 from __future__ import annotations
@@ -15,10 +16,16 @@ import importlib
 
 import torch
 
+from adept.model import AdeptModel
 from pipeline.checkpoint import TrainerSnapshot
 from pipeline.config import TrainConfig
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+def _loss_kwargs(module) -> dict:
+    """Training needs only the loss: an AdeptModel then skips the LM head where no label is."""
+    return {"loss_only": True} if isinstance(module, AdeptModel) else {}
 
 
 def deepspeed_config(cfg: TrainConfig) -> dict:
@@ -82,10 +89,11 @@ class DeepSpeedTrainEngine(_Engine):
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                config=deepspeed_config(cfg), dist_init_required=False)
         self.module = self.engine.module
+        self.loss_kwargs = _loss_kwargs(self.module)
 
     def train_micro_batch(self, batch: dict) -> tuple[float, bool]:
         self.module.train()
-        loss = self.engine(**batch).loss
+        loss = self.engine(**batch, **self.loss_kwargs).loss
         self.engine.backward(loss)
         boundary = self.engine.is_gradient_accumulation_boundary()
         self.engine.step()
@@ -166,6 +174,7 @@ class DDPTrainEngine(_Engine):
             self.model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[device] if device.type == "cuda" else None)
         self.trainable = [p for p in model.parameters() if p.requires_grad]
+        self.loss_kwargs = _loss_kwargs(model)
 
     def train_micro_batch(self, batch: dict) -> tuple[float, bool]:
         self.module.train()
@@ -174,7 +183,7 @@ class DDPTrainEngine(_Engine):
         sync = contextlib.nullcontext() if boundary or self.world == 1 else self.model.no_sync()
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
         with sync, autocast:
-            loss = self.model(**batch).loss
+            loss = self.model(**batch, **self.loss_kwargs).loss
             (loss / self.cfg.grad_accum).backward()
         if boundary:
             torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.max_grad_norm)

@@ -17,9 +17,12 @@ import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from tiny import tiny_llama, tiny_tokenizer  # noqa: E402
 
+import adept  # noqa: E402
 from adept import AdeptConfig, AdeptModel, get_adept_model  # noqa: E402
 from adept.fold import folded_embedding_table  # noqa: E402
 from adept.io import WEIGHTS_NAME  # noqa: E402
+from pipeline.data import TokenizeConfig  # noqa: E402
+from pipeline.evaluation import EvalConfig, score_candidates  # noqa: E402
 
 importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None  # skip the shm JIT build
 deepspeed.init_distributed(dist_backend="gloo")
@@ -37,6 +40,13 @@ result["prompt_init_matches_unsharded"] = torch.equal(model.prompt.weight, refer
 engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
                                   config=ds_config)
 batch = tok(["good movie", "bad film"], return_tensors="pt", padding=True)
+result["worker_imports_this_checkout"] = Path(adept.__file__).resolve().parents[1] == Path(__file__).resolve().parents[2]
+engine.module.eval()
+with torch.no_grad():
+    labelled = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    full = engine(**batch, labels=labelled).loss
+    result["loss_only_abs_diff"] = abs(engine(**batch, labels=labelled, loss_only=True).loss - full).item()
+engine.module.train()
 losses = []
 for _ in range(4):
     loss = engine(**batch, labels=batch["input_ids"]).loss
@@ -54,6 +64,13 @@ try:
     result["fold_refused"] = False
 except ValueError:
     result["fold_refused"] = True
+engine.module.eval()
+rank_config = EvalConfig(TokenizeConfig(backbone="causal", max_source_length=16, max_target_length=6, separator=":"),
+                         eval_mode="rank", batch_size=2)
+rank_args = (engine.module, tok, ["good movie", "the plot is bad , the acting awful", "great"], ["positive", "no true"],
+             rank_config)
+result["one_pass_max_abs_diff"] = (score_candidates(*rank_args, one_pass=True)
+                                   - score_candidates(*rank_args, one_pass=False)).abs().max().item()
 plain = AdeptModel.from_pretrained(tiny_llama(), out)
 result["reload_matches"] = all(torch.equal(saved[n], p) for n, p in plain.adapter_named_parameters())
 print("RESULT " + json.dumps(result))
