@@ -28,6 +28,7 @@ class MlflowServer:
         self.proc = None
 
     def start(self, timeout_s: float = 120) -> MlflowServer:
+        self.root.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
         self.proc = subprocess.Popen(
