@@ -186,7 +186,7 @@ def test_other_models_take_the_reference_path():
     model, config, tok = _NotAHuggingFaceModel(), eval_config("causal", "bare"), tiny_tokenizer()
     torch.testing.assert_close(score_candidates(model, tok, SOURCES, LABELS["multi"], config),
                                score_candidates_reference(model, tok, SOURCES, LABELS["multi"], config), rtol=0, atol=0)
-    with pytest.raises(ValueError, match="one_pass=True needs an AdeptModel"):
+    with pytest.raises(ValueError, match="one_pass=True needs an adept model"):
         score_candidates(model, tok, SOURCES, LABELS["multi"], config, one_pass=True)
-    with pytest.raises(ValueError, match="one_pass=True needs an AdeptModel"):  # a seq2seq config for a causal model
+    with pytest.raises(ValueError, match="one_pass=True needs an adept model"):  # a seq2seq config for a causal model
         score_candidates(tiny_llama(), tok, SOURCES, LABELS["multi"], eval_config("seq2seq", "bare"), one_pass=True)

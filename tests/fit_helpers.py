@@ -1,4 +1,4 @@
-"""Shared by the fault tests: run jobs/train_adept.py as its own process (a real driver with its own Ray), watch
+"""Shared by the fault, scale and ux tests: run jobs/train_adept.py as its own process (a real driver with its own Ray), watch
 its storage, find its Ray Train workers, read its metrics journal."""
 
 from __future__ import annotations
