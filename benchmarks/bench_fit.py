@@ -1,12 +1,12 @@
 """Item 4 (tokens per second of a fit): the real training job, shortened, so users can size a run.
 
-    python benchmarks/run.py --items fit                                   # configs/offline_default.yaml
+    python benchmarks/run.py --items fit                                   # configs/demo.yaml
     python benchmarks/run.py --items fit --fit-config configs/t5_base_rte.yaml --device cuda
 
 Runs `jobs/train_adept.py --config CONFIG` in a subprocess (its own Ray cluster, DeepSpeed, MLflow in a
 temporary sqlite store) for `steps` optimizer steps, validating only at the end on `eval_rows` rows, and
-reads back what the job logged every `log_steps`: `tokens_per_s` (non-padding input tokens, no prompt
-positions, summed over workers) and `samples_per_s` over training time only (validation excluded). The
+reads back what the job logged every `log_steps`: `perf/tokens_per_s` (non-padding input tokens, no prompt
+positions, summed over workers) and `perf/samples_per_s` over training time only (validation excluded). The
 first window holds the first step's one-off costs and is left out of the median.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import bench_common as bc
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = ROOT / "configs" / "offline_default.yaml"
+DEFAULT_CONFIG = ROOT / "configs" / "demo.yaml"  # the demo's base settings (its sweep: section is ignored)
 
 
 def run(config: Path, steps: int, log_steps: int, eval_rows: int = 16, device: str = "cpu", log=print) -> list[dict]:
@@ -49,7 +49,8 @@ def run(config: Path, steps: int, log_steps: int, eval_rows: int = 16, device: s
         (found,) = client.search_runs([client.get_experiment_by_name(cfg.experiment).experiment_id])
         history = {key: [m.value for m in sorted(client.get_metric_history(found.info.run_id, key),
                                                  key=lambda m: m.step)]
-                   for key in ("tokens_per_s", "samples_per_s")}
+                   for key in ("perf/tokens_per_s", "perf/samples_per_s")}
+    history = {k.removeprefix("perf/"): v for k, v in history.items()}
     steady = {k: v[1:] for k, v in history.items()}
     return [{"item": "fit", "config": str(config.relative_to(ROOT) if config.is_relative_to(ROOT) else config),
              "backbone": cfg.backbone, "method": cfg.method, "batch_size": cfg.batch_size,

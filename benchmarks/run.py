@@ -66,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="backbone of item 3 (default: smollm2-135m in a full run when cached, else tiny)")
     ap.add_argument("--fit-config", default=None,
                     help="item 4: the training config whose throughput is measured (default "
-                         "configs/offline_default.yaml: the SmolLM2 fit; skipped with a note when SmolLM2 is not cached "
+                         "configs/demo.yaml: the SmolLM2 fit; skipped with a note when SmolLM2 is not cached "
                          "or under --quick)")
     ap.add_argument("--fit-steps", type=int, default=None, help="item 4: optimizer steps (default 30; --quick 12)")
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="JSON output file")

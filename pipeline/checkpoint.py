@@ -11,7 +11,7 @@ One checkpoint folder (what `ray.train.report` persists, rank 0 writes it):
     manifest.json       sha256 and size of every file above; written last
 
 `verify()` checks the manifest before a byte is loaded: a file missing, changed, or not listed (a
-planted `.pt`, say) refuses the checkpoint with the file named. `load_latest_good()` then falls back to
+planted `.pt`, say) refuses the checkpoint with the file named. `latest_good()` then falls back to
 the newest earlier checkpoint of the same run that verifies. Tensors are gathered to full size on save
 and re-sharded by the engine on load, so a run may resume on another number of workers.
 """

@@ -1,7 +1,8 @@
 """`TrainConfig`: the one run configuration that flows from a job to every Ray worker.
 
 Loaded from YAML (`configs/*.yaml`) plus `key=value` overrides; every check that can fail is done in
-`__post_init__` or `validate_environment`, before Ray starts a single worker.
+`__post_init__` (types and values) or in `pipeline.launch.prepare` (the backbone, the task, the stores),
+before Ray starts a single worker.
 """
 
 from __future__ import annotations

@@ -242,10 +242,14 @@ class FitRecipe:
     def _evaluate(self, split: str, dataset):
         progress = EvalProgress(split, len(dataset), emit=None if self.rank == 0 else (lambda _: None))
         progress.start()
-        result = distributed_evaluate(self.engine.module, self.tokenizer, self.data.task, dataset,
-                                      self.data.eval_config, self.rank, self.world,
-                                      synced_generate=self.cfg.deepspeed and self.cfg.zero_stage == 3,
-                                      progress=progress)
+        # DDP bf16 trains under autocast on fp32 weights: evaluate the same way (DeepSpeed bf16 holds bf16 weights).
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                  enabled=self.cfg.precision == "bf16" and not self.cfg.deepspeed)
+        with autocast:
+            result = distributed_evaluate(self.engine.module, self.tokenizer, self.data.task, dataset,
+                                          self.data.eval_config, self.rank, self.world,
+                                          synced_generate=self.cfg.deepspeed and self.cfg.zero_stage == 3,
+                                          progress=progress)
         progress.end(", ".join(f"{k} {v:.2f}" for k, v in result.metrics.items()))
         return result
 

@@ -35,7 +35,12 @@ class SubsetFilter:
         self.subset = subset
 
     def __call__(self, data):
-        return data.filter(lambda s: s == self.subset, input_columns="subset", desc=f"MRQA {self.subset}")
+        return data.filter(_is_subset, input_columns="subset", fn_kwargs={"subset": self.subset},
+                           desc=f"MRQA {self.subset}")
+
+
+def _is_subset(value: str, subset: str) -> bool:
+    return value == subset  # a module-level function: `datasets` hashes it without disassembling bytecode
 
 
 TASKS = [

@@ -1,6 +1,6 @@
 """Ray Tune sweeps: each trial is one Ray Train fit (the Ray V2 pattern), tracked as nested MLflow runs.
 
-    base TrainConfig + SweepConfig --validate_sweep--> (before Ray) --run_sweep--> Tuner
+    base TrainConfig + SweepConfig --prepare_sweep--> (before Ray) --run_sweep--> Tuner
       trial driver (a Tune function):  TorchTrainer(train_loop_per_worker, TuneReportCallback)
                                        -> metrics reach Tune for ASHA; checkpoints stay Train's
       MLflow:  parent run per sweep  +  one child run per trial (`mlflow.parentRunId`)
