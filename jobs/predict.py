@@ -8,8 +8,9 @@
 Inputs: CSV or JSONL with the task's input columns (movie-sentiment: `text`; a custom task: its
 `input_columns`) or a `source` column with the formatted model input. Output: the input rows plus a
 `prediction` column (label string, or the generated answer), to --output (.csv / .jsonl) or stdout.
-Load options (pipeline/serving.py): --folded, --backbone (another copy of the backbone; fingerprint-checked),
---batch-size, --max-new-tokens, --device, or any of them as --option key=value.
+Load options (pipeline/serving.py): --folded, --backbone (another copy of the backbone, e.g. when the recorded
+folder moved; fingerprint-checked), --batch-size, --max-new-tokens, --device, or any of them as
+--option key=value; an unknown option is an error listing them (exit 2).
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ def load_options(args) -> dict:
     from pipeline.config import parse_override
     from pipeline.serving import check_options
 
+    for item in args.option:
+        if "=" not in item or not item.partition("=")[0].strip():
+            raise ValueError(f"--option {item!r}: not of the form key=value.")
     options = dict(parse_override(item) for item in args.option)
     for key in ("folded", "backbone", "batch_size", "max_new_tokens", "device"):
         value = getattr(args, key)

@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", help="registered model name (default: adept-<task>)")
     parser.add_argument("--force", action="store_true", help="move @champion to this version even if it is not better")
     parser.add_argument("--bundle-backbone", action="store_true",
-                        help="store the backbone's files in the model too (serving without the original folder)")
+                        help="store the backbone's files in the model too (serving without the original folder; "
+                             "every version then grows by the backbone folder's size)")
     args = parser.parse_args(argv)
     cli.start(args)
 

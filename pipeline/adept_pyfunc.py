@@ -9,15 +9,19 @@
     model.predict(pd.DataFrame({"text": ["a gripping, funny film", "two hours I will never get back"]}))
     # -> ["positive", "negative"]
 
+`load_context` refuses a changed `model_config` key that is not a load option (`pipeline.serving.check_overrides`),
+and a backbone it cannot find (the recorded folder moved, say) with a `BackboneError` naming it and the ways
+to pass another copy (`model_config={"backbone": ...}`, `predict.py --backbone`, for `mlflow models serve`
+`MLFLOW_PYFUNC_INFERENCE_CONFIG`); any backbone is fingerprint-checked against the recorded one.
+
 `predict` takes the task's input columns (or one `source` column with the formatted text) and returns one
-label string (rank scoring) or generated answer per row; an empty frame gives `[]`; a missing column is an
-`MlflowException` (HTTP 400 from `mlflow models serve`) naming it and the expected ones.
+label string (rank scoring) or generated answer per row; an empty request (no rows, no columns) gives `[]`; a
+missing column - also when MLflow dropped every column as unknown - is an `MlflowException` (HTTP 400 from
+`mlflow models serve`) naming the missing and the expected ones.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +32,11 @@ from mlflow.pyfunc import PythonModel
 
 class AdeptPyfunc(PythonModel):
     def load_context(self, context) -> None:
-        from pipeline.serving import ServingConfig
+        from pipeline.serving import ServingConfig, check_overrides
 
-        config = ServingConfig.from_model_config(context.model_config or {})
+        given = dict(context.model_config or {})
+        check_overrides(given, _logged_config(context))  # only load options may differ from what was logged
+        config = ServingConfig.from_model_config(given)
         bundled = context.artifacts.get("backbone")
         self.load(config, Path(context.artifacts["adapter"]), bundled_backbone=bundled)
 
@@ -40,22 +46,26 @@ class AdeptPyfunc(PythonModel):
 
         from adept import AdeptModel
         from pipeline.backbone_info import check_fingerprint, fingerprint
-        from pipeline.backbones import load_backbone, resolve_backbone
+        from pipeline.backbones import BackboneError, load_backbone, resolve_backbone
         from pipeline.data import TokenizeConfig
         from pipeline.evaluation import EvalConfig
 
+        recorded = _recorded(config)
         backbone = config.backbone
-        if bundled_backbone and backbone == _recorded(config):  # no override: the copy that travelled along
+        if bundled_backbone and backbone == recorded:  # no override: the copy that travelled along
             backbone = bundled_backbone
-        if config.backbone_fingerprint:
-            check_fingerprint(config.backbone_fingerprint, fingerprint(resolve_backbone(backbone)),
-                              _recorded(config), backbone)
+        try:
+            actual = fingerprint(resolve_backbone(backbone)) if config.backbone_fingerprint else None
+        except (BackboneError, OSError, ValueError) as err:
+            raise BackboneError(_unavailable(backbone, recorded, err)) from None
+        if actual is not None:
+            check_fingerprint(config.backbone_fingerprint, actual, recorded, backbone)
         base, self.tokenizer, kind = load_backbone(backbone, dtype=config.dtype)
         model = AdeptModel.from_pretrained(base, adapter_dir).eval()
         if config.folded:
             model = model.fold().eval()
         device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model, self.config = model.to(device), config
+        self.model, self.config, self.backbone = model.to(device), config, backbone  # backbone: what was loaded
         tokenize = TokenizeConfig(backbone=kind, max_source_length=config.max_source_length,
                                   max_target_length=config.max_target_length)
         pad_to = model.config.max_length if model.config.method == "dept" else None
@@ -68,15 +78,11 @@ class AdeptPyfunc(PythonModel):
         from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
         from pipeline.evaluation import predict_generate, predict_rank
-        from pipeline.serving import InputError
+        from pipeline.serving import DROPPED_COLUMNS, InputError
 
         frame = _as_frame(model_input)
-        dropped = _DROPPED.take()
         try:
-            if dropped and frame.shape[1] == 0:  # every column was unknown: not an empty request
-                raise InputError(f"input has none of the expected columns {self.config.columns or ['source']} "
-                                 f"(or 'source'); got {dropped}.")
-            sources = self.config.sources(frame)
+            sources = self.config.sources(frame, dropped=DROPPED_COLUMNS.take())
         except InputError as err:  # the scoring server turns this into HTTP 400 with our message
             raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
         if not sources:
@@ -86,34 +92,37 @@ class AdeptPyfunc(PythonModel):
         return predict_generate(self.model, self.tokenizer, sources, self.eval_config, self.config.max_new_tokens)
 
 
-class _DroppedColumns(logging.Filter):
-    """MLflow's schema enforcement drops columns the signature does not name (the inputs are all optional, so
-    both forms - the task's columns or `source` - pass) and only logs a warning. A request whose columns were
-    all unknown then reaches `predict` as an empty frame, like a truly empty request: this filter remembers,
-    per thread, which columns MLflow dropped for the call in progress."""
-
-    def __init__(self):
-        super().__init__()
-        self.local = threading.local()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if "extra inputs" in message and "`" in message:
-            self.local.dropped = message.split("`")[1]
-        return True
-
-    def take(self) -> str | None:
-        dropped, self.local.dropped = getattr(self.local, "dropped", None), None
-        return dropped
-
-
-_DROPPED = _DroppedColumns()
-logging.getLogger("mlflow.models.utils").addFilter(_DROPPED)
-
-
 def _recorded(config) -> str:
     fp = config.backbone_fingerprint or {}
     return fp.get("ref", config.backbone)
+
+
+def _unavailable(backbone: str, recorded: str, err: BaseException) -> str:
+    """The error for a backbone that cannot be found: which one, why, and the ways to pass another copy."""
+    reason = str(err).split("; fix:")[0].split("\nFix:")[0].strip()
+    path = Path(backbone).expanduser()
+    if backbone.startswith(("/", "./", "../", "~")) and not path.exists():
+        reason = f"there is no folder {str(path)!r} on this machine (moved or deleted?)"
+    fix = ("Fix: pass a copy of the same backbone (a folder, hub id or alias): "
+           "mlflow.pyfunc.load_model(uri, model_config={'backbone': FOLDER}), "
+           "python jobs/predict.py --backbone FOLDER, or for mlflow models serve the environment variable "
+           "MLFLOW_PYFUNC_INFERENCE_CONFIG='{\"backbone\": \"FOLDER\"}'; it is fingerprint-checked. "
+           "Or register with jobs/register_best.py --bundle-backbone to ship the backbone inside the model.")
+    if backbone == recorded:
+        return f"backbone: the model's recorded backbone {recorded!r} cannot be loaded: {reason}. {fix}"
+    return (f"backbone: the load option backbone={backbone!r} cannot be loaded (recorded backbone: {recorded!r}): "
+            f"{reason}. {fix}")
+
+
+def _logged_config(context) -> dict | None:
+    """The model_config as logged (the MLmodel file beside the artifacts), to tell which keys a loader changed."""
+    from mlflow.models import Model
+
+    for artifact in context.artifacts.values():
+        for folder in Path(artifact).parents[:3]:
+            if (folder / "MLmodel").is_file():
+                return Model.load(str(folder)).flavors.get("python_function", {}).get("config")
+    return None
 
 
 def _as_frame(model_input) -> pd.DataFrame:
@@ -126,4 +135,7 @@ def _as_frame(model_input) -> pd.DataFrame:
     return pd.DataFrame(list(model_input))  # a list of row dicts
 
 
+from pipeline.serving import watch_dropped_columns  # noqa: E402 - standard library only
+
+watch_dropped_columns()
 mlflow.models.set_model(AdeptPyfunc())

@@ -114,9 +114,10 @@ VOLATILE_CONFIG_KEYS = ("_name_or_path", "transformers_version", "_commit_hash")
 
 
 def fingerprint(resolved: str, trust_remote_code: bool = False) -> dict:
-    """What identifies a backbone wherever it lies: architecture, sizes, a hash of its config and of its weight
-    files' headers (names, shapes, dtypes; not the values, which would mean reading gigabytes), and the hub
-    commit when it came from the hub. `resolved` is what `resolve_backbone` returned."""
+    """What identifies a backbone wherever it lies: architecture, sizes, a hash of its config, a hash of its
+    weight files' headers (names, shapes, dtypes) and one of a sample of their bytes (64 slices of 16 KiB
+    spread over each file: 1 MiB read per file, not gigabytes; other weights of the same shapes differ in
+    them), and the hub commit when it came from the hub. `resolved` is what `resolve_backbone` returned."""
     import hashlib
 
     from transformers import AutoConfig
@@ -130,6 +131,7 @@ def fingerprint(resolved: str, trust_remote_code: bool = False) -> dict:
     folder = Path(resolved)
     if folder.is_dir():
         out["weights_sha256"] = _weights_header_hash(folder)
+        out["weights_sample_sha256"] = _weights_sample_hash(folder)
     elif getattr(config, "_commit_hash", None):
         out["revision"] = config._commit_hash
     return out
@@ -156,16 +158,51 @@ def _weights_header_hash(folder: Path) -> str | None:
     return digest.hexdigest()
 
 
+SAMPLES, SAMPLE_BYTES = 64, 16 << 10
+
+
+def _weights_sample_hash(folder: Path) -> str | None:
+    """sha256 over each weight file's name, size and `SAMPLES` evenly spaced slices of `SAMPLE_BYTES` (the
+    whole file when it is smaller): weights of equal shapes but other values (another seed, another fine-tune)
+    differ here, while the header hash above cannot tell them apart."""
+    import hashlib
+
+    if not weights_expected(folder):
+        return "random-init"
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for path in files:
+        size = path.stat().st_size
+        digest.update(f"{path.name}:{size}".encode())
+        with open(path, "rb") as fh:
+            if size <= SAMPLES * SAMPLE_BYTES:
+                digest.update(fh.read())
+                continue
+            for i in range(SAMPLES):
+                fh.seek((size - SAMPLE_BYTES) * i // (SAMPLES - 1))
+                digest.update(fh.read(SAMPLE_BYTES))
+    return digest.hexdigest()
+
+
 def check_fingerprint(recorded: dict | None, actual: dict, recorded_ref: str, actual_ref: str) -> None:
     """Refuse a backbone that is not the one the adapter was trained on, naming both sides."""
     from pipeline.backbones import BackboneError
 
     if not recorded:
         return
-    keys = ("architecture", "hidden_size", "vocab_size", "config_sha256", "weights_sha256", "revision")
+    keys = ("architecture", "hidden_size", "vocab_size", "config_sha256", "weights_sha256",
+            "weights_sample_sha256", "revision")  # a key missing on one side (older records) is not compared
     differ = [k for k in keys if k in recorded and k in actual and recorded[k] != actual[k]]
     if differ:
-        detail = "; ".join(f"{k}: recorded {recorded[k]!r}, given {actual[k]!r}" for k in differ)
+        detail = "; ".join(f"{k}: recorded {_short(recorded[k])}, given {_short(actual[k])}" for k in differ)
         raise BackboneError(f"backbone: {actual_ref!r} is not the backbone this adapter was trained on "
-                            f"({recorded_ref!r}): {detail}. Pass the original backbone (model_config / --option "
-                            "backbone=...), or retrain on this one.")
+                            f"(recorded: {recorded_ref!r}): {detail}. Fix: pass a copy of the recorded backbone "
+                            "(mlflow.pyfunc.load_model(uri, model_config={'backbone': FOLDER}), jobs/predict.py "
+                            "--backbone FOLDER), or retrain on this one.")
+
+
+def _short(value) -> str:
+    """A sha256 as its first 12 hex digits; anything else as repr."""
+    return f"'{value[:12]}...'" if isinstance(value, str) and len(value) == 64 else repr(value)

@@ -5,18 +5,40 @@ One typed config is shared by the registry (it writes it as the pyfunc's flat `m
 (`pipeline/adept_pyfunc.py` reads it back) and `jobs/predict.py` (it builds one for an adapter folder).
 Its defaults are `TrainConfig`'s: a served adapter reads inputs exactly as it was trained and evaluated.
 
-Load options (`mlflow.pyfunc.load_model(uri, model_config={...})`, `predict.py --option key=value`):
+Load options (`mlflow.pyfunc.load_model(uri, model_config={...})`, `predict.py --option key=value` or its
+flags, and for `mlflow models serve` the environment variable `MLFLOW_PYFUNC_INFERENCE_CONFIG='{"folded": true}'`,
+which MLflow merges the same way):
 
     folded          true: fold ADePT's FFN into the input embedding table first (prompt-tuning cost)
-    backbone        alias, hub id or folder to load instead of the recorded one (fingerprint-checked)
+    backbone        alias, hub id or folder to load instead of the recorded one (fingerprint-checked: another
+                    backbone is refused, naming both); needed when the recorded folder moved (or bundle it:
+                    jobs/register_best.py --bundle-backbone)
     max_new_tokens  generation budget (generate mode)
     batch_size      examples per forward pass
     device          "cpu", "cuda", "cuda:1" (default: cuda when available)
+
+What is refused, and what cannot be:
+
+* `predict.py --option bogus=1` (or a wrongly typed value) is an error listing the options (`check_options`),
+  before anything loads.
+* `mlflow.pyfunc.load_model(uri, model_config={"task": ...})`, or any other logged key that is not a load
+  option (`backbone_fingerprint`, `label_strings`, `eval_mode`, ...), and a wrongly typed option value
+  (`{"folded": "yes"}`) are refused by the model's `load_context` (`check_overrides`): it compares the
+  config MLflow hands it with the one in the model's MLmodel file.
+* `mlflow.pyfunc.load_model(uri, model_config={"bogus": 1})` cannot be refused by this code: MLflow
+  (`mlflow.utils.model_utils._get_overridden_pyfunc_model_config`, MLflow 3.x) keeps only the keys the model
+  was logged with and drops the others before the model's code runs, with only a WARNING on the
+  `mlflow.pyfunc` logger ("Argument(s) bogus were ignored since they are not valid keys ..."); the model
+  then loads with the logged values. The same holds for keys in `$MLFLOW_PYFUNC_INFERENCE_CONFIG`. Watch
+  for that warning, or check keys with `check_options` first (jobs/predict.py does).
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import logging
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -105,17 +127,25 @@ class ServingConfig:
     def columns(self) -> list[str]:
         return [c for c, _ in self.input_columns]
 
-    def sources(self, frame) -> list[str]:
-        """One model input text per row: from the task's columns, or a ready `source` column."""
+    def sources(self, frame, dropped: list[str] | None = None) -> list[str]:
+        """One model input text per row: from the task's columns, or a ready `source` column.
+
+        `dropped`: the request's columns MLflow's schema enforcement removed before `predict` (see
+        `DroppedColumns`). A frame without rows and without columns is an empty request (`[]`); columns that
+        miss one of the task's are an `InputError` naming the missing and the expected ones, rows or not."""
         if "source" in frame.columns:
             return [str(s) for s in frame["source"]]
-        if len(frame) == 0:
+        given = [str(c) for c in frame.columns] + list(dropped or [])
+        if not given and len(frame) == 0:
             return []
         missing = [c for c in self.columns if c not in frame.columns]
         if missing or not self.columns:
             expected = self.columns or ["source"]
+            note = f" ({dropped} dropped by MLflow: not in the model's signature)" if dropped else ""
             raise InputError(f"input is missing column(s) {missing or ['source']}; expected {expected} "
-                             f"(or one 'source' column with the formatted text), got {list(frame.columns)}.")
+                             f"(or one 'source' column with the formatted text), got {given}{note}.")
+        if len(frame) == 0:
+            return []
         rows = frame.to_dict("records")
         if self.custom_format:
             from pipeline.tasks.base import join_fields
@@ -128,6 +158,22 @@ class ServingConfig:
         return [str(formatter(_Row(row))["source"]) for row in rows]
 
 
+def check_overrides(given: Mapping[str, Any], logged: Mapping[str, Any] | None) -> None:
+    """The keys a loader changed in the logged `model_config` must be load options, of the right types.
+
+    MLflow merges `load_model(model_config=...)` (and `$MLFLOW_PYFUNC_INFERENCE_CONFIG`) into the logged config
+    and lets any logged key through: without this check `{"backbone_fingerprint": None}` would skip the
+    backbone check and `{"task": ...}` or `{"label_strings": [...]}` would silently change the model."""
+    if logged is None:
+        return
+    changed = {k: v for k, v in given.items() if k not in logged or logged[k] != v}
+    fixed = sorted(set(changed) - set(LOAD_OPTIONS))
+    if fixed:
+        raise ValueError(f"model_config key(s) {fixed} describe how the adapter was trained and cannot be changed "
+                         f"when loading; the load options are {sorted(LOAD_OPTIONS)} (see pipeline/serving.py).")
+    check_options(changed)
+
+
 def check_options(options: Mapping[str, Any]) -> None:
     unknown = sorted(set(options) - set(LOAD_OPTIONS))
     if unknown:
@@ -137,6 +183,46 @@ def check_options(options: Mapping[str, Any]) -> None:
         kind = LOAD_OPTIONS[key]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise ValueError(f"load option {key}={value!r} must be {kind.__name__}.")
+
+
+class DroppedColumns(logging.Filter):
+    """MLflow's schema enforcement drops the columns the signature does not name (the inputs are all optional,
+    so both forms - the task's columns or `source` - pass) and only logs a warning on `mlflow.models.utils`. A
+    request whose columns were all unknown then reaches `predict` as a (0, 0) frame - rows gone too (MLflow
+    3.17) - exactly like a truly empty request: this filter remembers, per thread, which columns MLflow
+    dropped for the call in progress.
+
+    It sees the warning only while that logger lets WARNING through (MLflow's default); with the `mlflow`
+    loggers raised to ERROR, such a request answers `[]` instead of HTTP 400."""
+
+    def __init__(self):
+        super().__init__()
+        self.local = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "extra inputs" in message and "`" in message:
+            try:
+                self.local.dropped = [str(c) for c in ast.literal_eval(message.split("`")[1])]
+            except (ValueError, SyntaxError):
+                self.local.dropped = [message.split("`")[1]]
+        return True
+
+    def take(self) -> list[str]:
+        dropped, self.local.dropped = getattr(self.local, "dropped", None), None
+        return dropped or []
+
+
+DROPPED_COLUMNS = DroppedColumns()
+
+
+def watch_dropped_columns() -> DroppedColumns:
+    """Install `DROPPED_COLUMNS` on MLflow's logger once per process (each model load re-runs the model's code
+    file as a new module: a filter created there would pile up)."""
+    logger = logging.getLogger("mlflow.models.utils")
+    if DROPPED_COLUMNS not in logger.filters:
+        logger.addFilter(DROPPED_COLUMNS)
+    return DROPPED_COLUMNS
 
 
 def task_input_columns(task) -> list[str]:
