@@ -99,7 +99,7 @@ class Encoder:
             if config.add_eos and tokenizer.eos_token_id is None:
                 raise ValueError("add_eos=True but the tokenizer has no eos_token; set tokenizer.eos_token or add_eos=False")
             if not self.separator:
-                logger.warning("separator %r tokenises to no tokens; source and target will touch", config.separator)
+                _warn_once(f"separator {config.separator!r} tokenises to no tokens; source and target will touch")
             budget = config.max_source_length - len(self.prefix) - len(self.separator)
         else:
             budget = config.max_source_length - len(self.prefix) - len(self.suffix)
@@ -148,6 +148,16 @@ class Encoder:
             "source_length": src_len,
             "target_length": tgt_len,
         }
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """Encoders are built for every evaluation: say a tokenizer quirk once per process, not every time."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logger.warning(message)
 
 
 def special_token_layout(tokenizer) -> tuple[list[int], list[int]]:

@@ -68,8 +68,14 @@ def _quiet_libraries(level: str) -> None:
     threshold = logging.DEBUG if level == "debug" else logging.ERROR
     for name in NOISY:
         logging.getLogger(name).setLevel(threshold)
+    # Ray Train's workers announce every report and checkpoint at INFO (the metrics dict in full).
+    logging.getLogger("ray.train").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
     if level != "debug":
         warnings.simplefilter("once")  # each distinct warning once per process, not once per call site
+        # Libraries' deprecation notices (SQLAlchemy in MLflow, pandas 4, torch.distributed renames) say
+        # nothing a user of the job can act on, and every Ray worker process would print its own copy.
+        for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+            warnings.filterwarnings("ignore", category=category)
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
         try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import shutil
 import threading
@@ -45,6 +46,9 @@ class RunLogger:
         self._sent_steps: dict[str, int] | None = None
         self._seq = 0
         if self.enabled:
+            # We retry with our own budget; MLflow's client would otherwise retry each request for minutes.
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
             if self.folder is not None:
                 self.folder.mkdir(parents=True, exist_ok=True)
             self._thread = threading.Thread(target=self._send_loop, name="adept-mlflow", daemon=True)
@@ -77,9 +81,12 @@ class RunLogger:
             self._queue.put(("datasets", frames, (name, source)))
 
     def flush(self, timeout_s: float | None = None) -> bool:
-        """Wait until everything queued so far is sent; False if that took longer than `timeout_s`."""
-        if not self.enabled:
-            return True
+        """Wait until everything queued so far is sent; False if that took longer than `timeout_s`.
+
+        During an outage it returns at once: training never waits for the server.
+        """
+        if not self.enabled or self._outage_since is not None:
+            return not self.enabled
         done = threading.Event()
         self._queue.put(("barrier", done, None))
         return done.wait(timeout_s)
@@ -242,9 +249,19 @@ def log_dataset_inputs(mlflow_client, run_id: str, frames: dict[str, Any], name:
 
     inputs = []
     for split, frame in frames.items():
-        dataset = mlflow.data.from_pandas(frame, source=source, name=f"{name}/{split}")
+        dataset = mlflow.data.from_pandas(frame, source=dataset_source(source), name=f"{name}/{split}")
         inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", split)]))
     mlflow_client.log_inputs(run_id, datasets=inputs)
+
+
+def dataset_source(task: str):
+    """Where a task's rows come from: built by pipeline/tasks from a registry name or a custom task's YAML.
+
+    Given as an explicit source: a bare path makes MLflow guess among its (duplicate) local-file sources and warn.
+    """
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+
+    return CodeDatasetSource(tags={"adept.task": task})
 
 
 def relog(journal: Path, uri: str, run_id: str) -> int:

@@ -31,13 +31,14 @@ def fit_run_name(method: str, m: int, r: int | None, task: str) -> str:
     return f"{method} m{m}" + (f" r{r}" if r is not None else "") + f" · {task}"
 
 
-def trial_run_name(index: int, params: dict[str, Any], r: int | None, sweep: str) -> str:
-    """e.g. "t03 m8 r45 · adept-demo", or "t03 dept m60 r27 s1 · compare" when method/seed are searched."""
+def trial_run_name(index: int, params: dict[str, Any], r: int | None, sweep: str, m: int | None = None) -> str:
+    """e.g. "t03 m8 r45 plr0.01 · adept-demo", or "t03 dept m8 r85 s1 · compare" when method/seed are searched."""
     parts = [f"t{index:02d}"]
     if "method" in params:
         parts.append(str(params["method"]))
-    if "num_virtual_tokens" in params:
-        parts.append(f"m{params['num_virtual_tokens']}")
+    m = params.get("num_virtual_tokens", m)
+    if m is not None:
+        parts.append(f"m{m}")
     if r is not None:
         parts.append(f"r{r}")
     if "seed" in params:

@@ -89,7 +89,8 @@ def retrying(call: Callable[[], T], what: str, budget_s: float = DEFAULT_OUTAGE_
     start, delay, warned = time.monotonic(), 1.0, False
     while True:
         try:
-            return call()
+            with fail_fast_http():  # one attempt per call: this loop does the retrying, within the budget
+                return call()
         except Exception as err:  # noqa: BLE001 - MlflowException wraps connection errors
             if not is_transient(err):
                 raise

@@ -52,7 +52,8 @@ def adept_trial(params: dict, *, base: dict, sweep: str, trials_storage: str, pa
     mlflow_params, tags = mlflow_params_and_tags(run)
     tags.update({SWEEP_TAG: sweep, "ray.trial_id": trial_id})
     ref = open_run(tracking_uri, cfg.experiment, cfg.run_name, kind="trial",
-                   display_name=trial_run_name(trial_index(trial_id), params, r, sweep), params=mlflow_params,
+                   display_name=trial_run_name(trial_index(trial_id), params, r, sweep, m=cfg.num_virtual_tokens),
+                   params=mlflow_params,
                    tags=tags, artifact_root=Path(artifact_root), parent_run_id=parent_run_id,
                    budget_s=cfg.tracking_outage_s)
     # fit() raises when the run fails (after Train's own max_failures); Tune then retries the trial

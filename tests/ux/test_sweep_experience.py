@@ -24,13 +24,15 @@ def sweep(tmp_path_factory, synthetic_task, tiny_backbone):
     root = tmp_path_factory.mktemp("ux-sweep")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     config = {"task": str(synthetic_task), "backbone": str(tiny_backbone), "num_virtual_tokens": 4, "r": 8,
-              "prompt_lr": 0.3, "offset_lr": 0.03, "warmup_steps": 0, "max_steps": 20, "eval_steps": 10,
+              "prompt_lr": 0.3, "offset_lr": 0.03, "warmup_steps": 0, "max_steps": 30, "eval_steps": 10,
               "log_steps": 5, "batch_size": 16, "max_source_length": 32, "max_target_length": 4, "deepspeed": False,
               "storage_path": str(root / "runs"), "mlflow_uri": uri, "experiment": "ux",
-              # trial 0 learns; trial 1 (a learning rate of 1e-7) is worse at the step-10 rung: ASHA stops it
-              "sweep": {"name": "ux-sweep", "space": {"prompt_lr": {"grid": [0.3, 1.0e-7]},
-                                                       "offset_lr": {"grid": [0.03]}},
-                        "scheduler": "asha", "grace_period": 10, "max_concurrent_trials": 1, "zero_shot": True}}
+              # trial 0 learns; trial 1 (learning rates of 1e-7) is worse at the step-20 rung: ASHA stops it
+              "sweep": {"name": "ux-sweep", "space": {"prompt_lr": [0.3, 1.0e-7], "offset_lr": [0.03, 1.0e-7]},
+                        "points_to_evaluate": [{"prompt_lr": 0.3, "offset_lr": 0.03},
+                                               {"prompt_lr": 1.0e-7, "offset_lr": 1.0e-7}],
+                        "num_samples": 2, "scheduler": "asha", "grace_period": 20, "max_concurrent_trials": 1,
+                        "zero_shot": True}}
     path = root / "sweep.yaml"
     path.write_text(yaml.safe_dump(config))
     proc = subprocess.run([sys.executable, "jobs/tune_adept.py", "--config", str(path)], capture_output=True,
@@ -42,7 +44,7 @@ def test_the_job_output_reads_well(sweep):
     out = sweep["out"]
     assert sweep["proc"].returncode == 0, out[-5000:]
     assert not BYTECODE.search(out), [line for line in out.splitlines() if BYTECODE.search(line)][:5]
-    assert re.search(r"step 10/20 \(50%\) · loss [\d.]+ · lr_prompt .* tok/s · [\d:]+ elapsed · ETA [\d:?]+", out)
+    assert re.search(r"step 10/30 \(33%\) · loss [\d.]+ · lr_prompt .* tok/s · [\d:]+ elapsed · ETA [\d:?]+", out)
     assert "validation: 64 rows ..." in out and "validation done in" in out and "test done in" in out
     assert re.search(r"sweep ux-sweep: \d/2 trials done, \d running .*ETA", out)
     assert "t00" in out  # Tune's own lines name trials readably, not _trial_driver_...
@@ -60,10 +62,10 @@ def test_mlflow_runs_read_well(sweep):
     trials = sorted((r for r in runs if r.data.tags.get("adept.kind") == "trial"), key=lambda r: r.info.run_name)
     assert len(trials) == 2 and all(r.info.status == "FINISHED" for r in trials + [parent])
     names = [r.info.run_name for r in trials]
-    assert names[0].startswith("t00 m4 r8") and names[1].startswith("t01 m4 r8") and names[0][:12] != names[1][:12]
-    completed, stopped = trials
+    assert [n[:9] for n in names] == ["t00 m4 r8", "t01 m4 r8"] and names[0][:16] != names[1][:16]  # distinct, short
+    completed, stopped = trials  # t00: the learning rates that learn; t01: 1e-7, worse at the step-20 rung
     assert "test/accuracy" in completed.data.metrics and "adept.stopped_early" not in completed.data.tags
-    assert stopped.data.tags["adept.stopped_early"] == "asha" and stopped.data.tags["adept.stopped_at_step"] == "10"
+    assert stopped.data.tags["adept.stopped_early"] == "asha" and stopped.data.tags["adept.stopped_at_step"] == "20"
     for run in trials:
         keys = set(run.data.metrics)
         assert {"train/loss", "train/lr_prompt", "val/accuracy", "val/best", "perf/tokens_per_s"} <= keys
