@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +39,7 @@ class PreparedRun:
         # ADEPT_* settings (cache dir, log level, test hooks) reach workers on any node, and in a local
         # cluster that was started before they were set.
         return {"train": self.config.to_dict(), "r": self.r, "mlflow_uri": self.tracking_uri,
-                "mlflow_run_id": mlflow_run_id, "env": driver_env()}
+                "mlflow_run_id": mlflow_run_id, "env": driver_env(), "launched_at": time.time()}
 
     @property
     def display_name(self) -> str:

@@ -97,9 +97,14 @@ class FitRecipe:
         self.state = TrainState()
         self.best_adapter: dict[str, torch.Tensor] | None = None
         self.last_train_metrics: dict[str, float] = {}
+        # Where this attempt's time goes (logged at the end as perf/*_s): Ray Train's start-up until this worker
+        # runs, building model/data/engine, training steps, evaluation, checkpoint + report.
+        self.seconds = {"startup": max(0.0, time.time() - loop_config.get("launched_at", time.time())),
+                        "setup": 0.0, "train": 0.0, "eval": 0.0, "checkpoint": 0.0}
 
     # ------------------------------------------------------------------------------------------ setup
     def setup(self) -> None:
+        started = time.perf_counter()
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         self.model, self.tokenizer, self.kind = build_model(cfg, self.loop_config["r"], self.device)
@@ -124,6 +129,7 @@ class FitRecipe:
             self.logger.datasets(self.data.frames(), self.data.task.name, source=cfg.task)
         self.progress = TrainProgress(cfg.max_steps, self.state.step)
         self.window = Throughput()
+        self.seconds["setup"] = time.perf_counter() - started
 
     def _resume(self, latest: Path) -> None:
         folder = ckpt.latest_good(latest)
@@ -146,6 +152,7 @@ class FitRecipe:
     # ------------------------------------------------------------------------------------------ train
     def train(self) -> None:
         cfg, state = self.cfg, self.state
+        started, paused_total = time.perf_counter(), 0.0
         while state.step < cfg.max_steps:
             batches = epoch_batches(len(self.data.train), state.epoch, self.rank, self.world, cfg.micro_batch_size,
                                     cfg.seed)
@@ -170,12 +177,15 @@ class FitRecipe:
                 if state.step % cfg.eval_steps == 0 or state.step == cfg.max_steps:
                     paused = time.perf_counter()
                     self.validate_and_checkpoint()
-                    self.window.paused += time.perf_counter() - paused
-                    self.progress.paused += time.perf_counter() - paused
+                    paused = time.perf_counter() - paused
+                    self.window.paused += paused
+                    self.progress.paused += paused
+                    paused_total += paused
                 if state.step >= cfg.max_steps:
                     break
             else:
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+        self.seconds["train"] = time.perf_counter() - started - paused_total
 
     def log_training(self) -> None:
         values = {**self.window.summary(),
@@ -220,6 +230,9 @@ class FitRecipe:
         if self.rank == 0:
             log.info(f"[adept] done: best validation {self.data.task.primary_metric} {state.best_score} at step "
                      f"{state.best_step}; test {result.metrics}")
+        self.logger.metrics({f"perf/{k}_s": v for k, v in self.seconds.items()}, step=state.step)
+        if self.rank == 0:
+            log.info("[adept] time: " + " · ".join(f"{k} {v:.0f} s" for k, v in self.seconds.items()))
         unsent = self.logger.close()  # before the final report, so the driver learns what MLflow lacks
         final.update(tracking_unsent=int(unsent is not None), tracking_message=unsent or "")
         state.finished = True
@@ -240,6 +253,7 @@ class FitRecipe:
 
     # ------------------------------------------------------------------------------------------ helpers
     def _evaluate(self, split: str, dataset):
+        started = time.perf_counter()
         progress = EvalProgress(split, len(dataset), emit=None if self.rank == 0 else (lambda _: None))
         progress.start()
         # DDP bf16 trains under autocast on fp32 weights: evaluate the same way (DeepSpeed bf16 holds bf16 weights).
@@ -251,6 +265,7 @@ class FitRecipe:
                                           synced_generate=self.cfg.deepspeed and self.cfg.zero_stage == 3,
                                           progress=progress)
         progress.end(", ".join(f"{k} {v:.2f}" for k, v in result.metrics.items()))
+        self.seconds["eval"] += time.perf_counter() - started
         return result
 
     def _check_finite_adapter(self) -> None:
@@ -263,6 +278,7 @@ class FitRecipe:
 
     def _checkpoint_and_report(self, metrics: dict, final: bool = False, log_best: bool = False) -> None:
         """Gather on every rank, write on rank 0, report everywhere (Ray persists rank 0's folder)."""
+        started = time.perf_counter()
         snapshot = self.engine.snapshot(self.state.step)  # collective under DeepSpeed
         current = adapter_state_dict(self.engine.module)  # collective under ZeRO-3
         rng = gather_objects(ckpt.rng_state())
@@ -284,6 +300,7 @@ class FitRecipe:
                 # first (waiting at most briefly: during an outage the logger keeps it for later).
                 self.logger.flush(timeout_s=10)
             ray.train.report(report, checkpoint=checkpoint, checkpoint_dir_name=name)
+        self.seconds["checkpoint"] += time.perf_counter() - started
 
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device) for k, v in batch.items()}

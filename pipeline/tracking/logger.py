@@ -60,7 +60,7 @@ class RunLogger:
         if not self.enabled:
             return
         values = {k: float(v) for k, v in values.items()}
-        self._journal({"step": step, "attempt": self.attempt, "values": values})
+        self._journal({"step": step, "attempt": self.attempt, "time": round(time.time(), 3), "values": values})
         self._queue.put(("metrics", step, values))
 
     def table(self, columns: dict[str, list], artifact_file: str) -> None:

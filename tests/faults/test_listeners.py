@@ -47,7 +47,11 @@ def watch(proc, timeout_s=900) -> dict[str, str]:
 
 
 def beyond_loopback(seen: dict[str, str]) -> dict[str, str]:
-    return {addr: who for addr, who in seen.items() if not ipaddress.ip_address(addr.rsplit(":", 1)[0]).is_loopback}
+    def loopback(addr: str) -> bool:
+        ip = ipaddress.ip_address(addr.rsplit(":", 1)[0])
+        return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback  # ::ffff:127.0.0.1 is 127.0.0.1
+
+    return {addr: who for addr, who in seen.items() if not loopback(addr)}
 
 
 def test_a_two_worker_fit_listens_on_loopback_only(synthetic_task, tiny_backbone, tmp_path):

@@ -38,6 +38,10 @@ def test_sigkilled_worker_resumes_exactly(synthetic_task, tiny_backbone, tmp_pat
     last_before = max(first)
     assert last_before >= killed_after and resumed_at >= 20  # never restarted from 0
     assert last_before - resumed_at <= 10  # at most one eval_steps interval redone
+    killed_at = max(e["time"] for e in entries if e["attempt"] == 0)
+    back_at = min(e["time"] for e in entries if e["attempt"] == 1)
+    print(f"RECOVERY killed after step {last_before}, resumed at {resumed_at}, first new point "
+          f"{back_at - killed_at:.1f} s after the last old one")
     replayed = sorted(set(first) & set(second))
     assert replayed and min(second) == resumed_at + 1
     for step in replayed:  # the same loss, bit for bit: data position, dropout RNG and optimizer state restored
