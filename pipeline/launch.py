@@ -159,7 +159,8 @@ def make_trainer(run: PreparedRun, mlflow_run_id: str | None, callbacks: list | 
         train_loop_config=run.loop_config(mlflow_run_id),
         torch_config=torch_config(cfg.use_gpu),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker={"CPU": worker_cpus or cpus_per_worker(cfg)}),
+                                     resources_per_worker={"CPU": worker_cpus or cpus_per_worker(cfg)},
+                                     placement_strategy=cfg.placement_strategy),
         run_config=RunConfig(
             name=cfg.run_name,
             storage_path=cfg.storage_path,

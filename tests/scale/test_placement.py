@@ -1,0 +1,32 @@
+"""Placement of a fit's workers on Ray nodes, without starting Ray: the `placement_strategy` key reaches Train's
+ScalingConfig."""
+
+import pytest
+
+from pipeline.config import TrainConfig
+from pipeline.launch import PreparedRun, make_trainer
+
+pytestmark = pytest.mark.scale
+
+
+def config(**changes) -> TrainConfig:
+    return TrainConfig(r=8, num_virtual_tokens=4, max_steps=20, eval_steps=10, batch_size=16, num_workers=2,
+                       storage_path="/tmp/adept-placement-unit", **changes)
+
+
+def test_placement_strategy_is_validated_and_defaults_to_pack():
+    assert config().placement_strategy == "PACK"
+    assert config(placement_strategy="STRICT_SPREAD").placement_strategy == "STRICT_SPREAD"
+    with pytest.raises(ValueError, match="placement_strategy='spread' is not allowed.*STRICT_SPREAD"):
+        config(placement_strategy="spread")
+
+
+def test_make_trainer_passes_the_placement_strategy_to_ray_train(monkeypatch):
+    import pipeline.ray_setup
+
+    monkeypatch.setattr(pipeline.ray_setup, "torch_config", lambda use_gpu: None)  # it asks a running Ray
+    run = PreparedRun(config(placement_strategy="STRICT_SPREAD", node_wait_s=20.0), 8, 32, "causal", 680, "sqlite://")
+    trainer = make_trainer(run, None, worker_cpus=1)
+    assert trainer.scaling_config.placement_strategy == "STRICT_SPREAD"
+    assert trainer.scaling_config.num_workers == 2 and trainer.scaling_config.resources_per_worker == {"CPU": 1}
+
