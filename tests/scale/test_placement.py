@@ -1,10 +1,10 @@
 """Placement of a fit's workers on Ray nodes, without starting Ray: the `placement_strategy` key reaches Train's
-ScalingConfig."""
+ScalingConfig, and a fit whose workers found no room within node_wait_s says so (and how to continue)."""
 
 import pytest
 
 from pipeline.config import TrainConfig
-from pipeline.launch import PreparedRun, make_trainer
+from pipeline.launch import PreparedRun, failure_cause, make_trainer
 
 pytestmark = pytest.mark.scale
 
@@ -30,3 +30,18 @@ def test_make_trainer_passes_the_placement_strategy_to_ray_train(monkeypatch):
     assert trainer.scaling_config.placement_strategy == "STRICT_SPREAD"
     assert trainer.scaling_config.num_workers == 2 and trainer.scaling_config.resources_per_worker == {"CPU": 1}
 
+
+def test_no_capacity_within_node_wait_s_is_explained(monkeypatch):
+    from ray.train import ControllerError, WorkerGroupError
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "20")
+    cfg = config(placement_strategy="STRICT_SPREAD", node_wait_s=20.0, name="lost")
+    cause = failure_cause(ControllerError(WorkerGroupStartupTimeoutError(2)), cfg)
+    assert "could not place the fit's 2 worker(s) (placement STRICT_SPREAD) within node_wait_s=20 s" in cause
+    assert "re-run with --name lost to continue from the last checkpoint" in cause
+    # other controller failures: the controller's own message, not "Training failed due to controller error:"
+    other = failure_cause(ControllerError(RuntimeError("placement group removed")), cfg)
+    assert other == "placement group removed"
+    worker = WorkerGroupError("Traceback ...\nValueError: the train split has 8 rows: too few", {0: ValueError()})
+    assert failure_cause(worker, cfg) == "ValueError: the train split has 8 rows: too few"
