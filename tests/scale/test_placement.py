@@ -1,6 +1,8 @@
 """Placement of a fit's workers on Ray nodes, without starting Ray: the `placement_strategy` key reaches Train's
 ScalingConfig, and a fit whose workers found no room within node_wait_s says so (and how to continue)."""
 
+import os
+
 import pytest
 
 from pipeline.config import TrainConfig
@@ -25,10 +27,13 @@ def test_make_trainer_passes_the_placement_strategy_to_ray_train(monkeypatch):
     import pipeline.ray_setup
 
     monkeypatch.setattr(pipeline.ray_setup, "torch_config", lambda use_gpu: None)  # it asks a running Ray
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "0")  # make_trainer sets it: restored afterwards
     run = PreparedRun(config(placement_strategy="STRICT_SPREAD", node_wait_s=20.0), 8, 32, "causal", 680, "sqlite://")
     trainer = make_trainer(run, None, worker_cpus=1)
     assert trainer.scaling_config.placement_strategy == "STRICT_SPREAD"
     assert trainer.scaling_config.num_workers == 2 and trainer.scaling_config.resources_per_worker == {"CPU": 1}
+    assert os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] == "20.0"  # node_wait_s: how long a lost node's
+    # workers wait for room before the fit fails
 
 
 def test_no_capacity_within_node_wait_s_is_explained(monkeypatch):
