@@ -93,10 +93,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def report_failure(run, err: BaseException) -> int:
     """The fit failed after Ray started: say why in one line, and how to continue from the last checkpoint."""
-    lines = [line for line in str(err).strip().splitlines() if line.strip()]
-    cause = next((line for line in reversed(lines) if "Error" in line or "error" in line), lines[-1] if lines else "")
+    from pipeline.launch import failure_cause
+
     cfg = run.config
-    print(f"error: the fit failed: {cause.strip()[:1000]}", file=sys.stderr)
+    print(f"error: the fit failed: {failure_cause(err, cfg)}", file=sys.stderr)
     print(f"[adept] checkpoints stay in {Path(cfg.storage_path) / cfg.run_name}; re-run with --name {cfg.run_name} "
           "to continue from the last good one.", file=sys.stderr, flush=True)
     return 1

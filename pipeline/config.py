@@ -23,6 +23,8 @@ from adept.config import METHODS, PROMPT_INITS
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 EVAL_MODES = ("rank", "generate")
+# Ray placement-group strategies for a fit's workers (STRICT_SPREAD: one worker per node).
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 
 @dataclass
@@ -68,6 +70,7 @@ class TrainConfig:
     zero_stage: int = 2
     offload: bool = False
     precision: str = "fp32"
+    placement_strategy: str = "PACK"  # of the workers on Ray nodes: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
     # bookkeeping
     name: str | None = None  # Ray Train run name; re-running the same name resumes it
     storage_path: str = "ray_results"
@@ -85,6 +88,7 @@ class TrainConfig:
         _one_of("prompt_init", self.prompt_init, PROMPT_INITS)
         _one_of("precision", self.precision, PRECISIONS)
         _one_of("eval_mode", self.eval_mode, EVAL_MODES)
+        _one_of("placement_strategy", self.placement_strategy, PLACEMENT_STRATEGIES)
         _one_of("dtype", self.dtype, ("float32", "bfloat16", "float16"))
         for name in ("max_steps", "batch_size", "grad_accum", "eval_steps", "log_steps", "num_workers",
                      "max_source_length", "max_target_length", "eval_batch_size", "num_checkpoints_to_keep"):

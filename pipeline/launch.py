@@ -160,7 +160,8 @@ def make_trainer(run: PreparedRun, mlflow_run_id: str | None, callbacks: list | 
         train_loop_config=run.loop_config(mlflow_run_id),
         torch_config=torch_config(cfg.use_gpu),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker={"CPU": worker_cpus or cpus_per_worker(cfg)}),
+                                     resources_per_worker={"CPU": worker_cpus or cpus_per_worker(cfg)},
+                                     placement_strategy=cfg.placement_strategy),
         run_config=RunConfig(
             name=cfg.run_name,
             storage_path=cfg.storage_path,
@@ -220,16 +221,30 @@ def close_fit_run(run: PreparedRun, run_id: str, error: BaseException | None) ->
     from pipeline.tracking import TrackingOutage, close_run, status_of_error
 
     status = status_of_error(error)
+    text = None if error is None else f"{type(error).__name__}: {failure_cause(error, run.config)}"
     try:
-        close_run(run.tracking_uri, run_id, status, error=None if error is None else _error_text(error),
-                  budget_s=run.config.tracking_outage_s)
+        close_run(run.tracking_uri, run_id, status, error=text, budget_s=run.config.tracking_outage_s)
     except TrackingOutage as outage:
-        before = f"{_error_text(error)}; " if error is not None else "the fit finished; "
+        before = f"{text}; " if error is not None else "the fit finished; "
         raise TrackingOutage(f"{before}{outage} The run's status could not be written: once the server is back, "
                              f"python -m pipeline.tracking close --run-id {run_id} --status {status} --mlflow-uri "
                              f"{run.tracking_uri}") from outage
 
 
-def _error_text(err: BaseException) -> str:
-    lines = [line for line in str(err).strip().splitlines() if line.strip()]
-    return f"{type(err).__name__}: {lines[-1] if lines else ''}"
+def failure_cause(err: BaseException, cfg: TrainConfig) -> str:
+    """Why a fit failed, in one line: the job's `error:` line and the MLflow run's `adept.error` tag.
+
+    Ray Train V2 raises a ControllerError whose first line says only "Training failed due to controller error:";
+    the controller's own exception says what happened. The one a user can act on is a worker group that found no
+    room within node_wait_s (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S): a lost node whose capacity did not return.
+    """
+    failure = getattr(err, "controller_failure", None)  # ray.train.ControllerError
+    if type(failure).__name__ == "WorkerGroupStartupTimeoutError":  # ray.train.v2._internal: matched by name
+        return (f"Ray could not place the fit's {cfg.num_workers} worker(s) (placement {cfg.placement_strategy}) "
+                f"within node_wait_s={cfg.node_wait_s:g} s: the cluster has no capacity for them (a lost node did "
+                f"not come back). Add nodes (or lower num_workers, or raise node_wait_s), then re-run with --name "
+                f"{cfg.run_name} to continue from the last checkpoint.")
+    lines = [line.strip() for line in str(failure if failure is not None else err).strip().splitlines()
+             if line.strip()]
+    cause = next((line for line in reversed(lines) if "Error" in line or "error" in line), lines[-1] if lines else "")
+    return cause[:1000]

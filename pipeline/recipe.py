@@ -55,6 +55,7 @@ class TrainState:
     best_step: int | None = None
     history: list[dict] = field(default_factory=list)
     resumed_at: list[int] = field(default_factory=list)  # steps this run restarted from
+    nodes: list[list[str]] = field(default_factory=list)  # per attempt: the Ray node id of each rank
     finished: bool = False  # the final (test) report was made: a re-run changes nothing
 
     @classmethod
@@ -120,6 +121,7 @@ class FitRecipe:
         if checkpoint:
             with checkpoint.as_directory() as folder:
                 self._resume(Path(folder))
+        self._record_nodes()
         self.logger = RunLogger(self.loop_config.get("mlflow_uri"), self.loop_config.get("mlflow_run_id"), self.rank,
                                 folder=_journal_folder(cfg), budget_s=cfg.tracking_outage_s,
                                 attempt=len(self.state.resumed_at))
@@ -148,6 +150,14 @@ class FitRecipe:
         if self.rank == 0:
             log.info(f"[adept] resumed from {folder.name} at step {self.state.step} (epoch {self.state.epoch}, "
                      f"batch {self.state.batch_in_epoch})")
+
+    def _record_nodes(self) -> None:
+        """Where this attempt's ranks run (saved with every checkpoint): a multi-node fit is visible afterwards."""
+        nodes = gather_objects(ray.get_runtime_context().get_node_id())
+        self.state.nodes.append(nodes)
+        if self.rank == 0 and len(set(nodes)) > 1:
+            log.info(f"[adept] {self.world} workers on {len(set(nodes))} Ray nodes: "
+                     + ", ".join(f"rank {i} {node[:8]}" for i, node in enumerate(nodes)))
 
     # ------------------------------------------------------------------------------------------ train
     def train(self) -> None:

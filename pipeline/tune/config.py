@@ -13,8 +13,8 @@ from pipeline.config import TrainConfig, parse_override, read_config_file
 
 ALIASES = {"m": "num_virtual_tokens", "ffn_hidden_size": "r", "rank": "r"}
 # Keys a trial may not change: they select the model/data/resources every trial shares or name the run.
-FIXED_KEYS = ("task", "backbone", "dtype", "trust_remote_code", "num_workers", "use_gpu", "name", "storage_path",
-              "mlflow_uri", "experiment", "eval_mode", "max_eval_examples")
+FIXED_KEYS = ("task", "backbone", "dtype", "trust_remote_code", "num_workers", "use_gpu", "placement_strategy",
+              "name", "storage_path", "mlflow_uri", "experiment", "eval_mode", "max_eval_examples")
 DISTRIBUTIONS = ("choice", "grid", "loguniform", "uniform", "randint")
 SCHEDULERS = ("asha", "fifo")
 SEARCHERS = ("random", "optuna")

@@ -1,0 +1,105 @@
+"""A Tune sweep on several Ray nodes: the node under one running trial dies; that trial is retried by Tune
+(`max_failures` of the sweep) and its Train run resumes from its own checkpoint once there is room again, while
+the other trial runs on undisturbed; the summary lists both trials, completed.
+
+Placement is made deterministic by building the cluster in stages: the head alone (2 CPUs) takes both trials'
+drivers (1 CPU each) and can never hold a Train worker (2 CPUs each, `cpus_per_worker`); then two 2-CPU worker
+nodes are added, and each trial's single Train worker fills one of them. Losing one node leaves the retried trial
+waiting for room (node_wait_s) until the other trial finishes and frees its node.
+"""
+
+import csv
+import os
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import yaml
+from faults.fit_helpers import ROOT, journal, kill_tree, wait_for
+from mlflow import MlflowClient
+from multinode import LocalCluster, trainer_state
+
+pytestmark = [pytest.mark.scale, pytest.mark.slow]
+
+SWEEP = "nodes"
+
+
+def train_controllers(cluster: LocalCluster) -> int:
+    """Ray Train controllers alive in the cluster: one per trial whose fit has started."""
+    count = 0
+    for proc in cluster.processes():
+        try:
+            count += "TrainController" in " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+    return count
+
+
+def runs_with_checkpoint(trials, step: int):
+    return [run for run in sorted(trials.glob(f"{SWEEP}-*")) if (run / f"step_{step:08d}").is_dir()]
+
+
+def test_a_node_lost_under_a_trial_retries_that_trial_only(synthetic_task, tiny_backbone, tmp_path):
+    storage, uri = tmp_path / "runs", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = {"task": str(synthetic_task), "backbone": str(tiny_backbone), "num_virtual_tokens": 4, "r": 8,
+              "prompt_lr": 0.3, "offset_lr": 0.03, "warmup_steps": 0, "max_steps": 40, "eval_steps": 10,
+              "log_steps": 1, "batch_size": 16, "max_source_length": 32, "max_target_length": 4, "deepspeed": False,
+              "num_workers": 1, "node_wait_s": 300, "storage_path": str(storage), "mlflow_uri": uri,
+              "experiment": "sweeps",
+              "sweep": {"name": SWEEP, "space": {"prompt_lr": {"grid": [0.3, 0.2]}}, "scheduler": "fifo",
+                        "num_samples": 1, "max_failures": 1, "max_concurrent_trials": 2, "cpus_per_worker": 2}}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(config))
+    trials = storage / SWEEP / "trials"
+    log = tmp_path / "sweep.log"
+
+    cluster = LocalCluster(head_cpus=2)
+    proc = None
+    try:
+        proc = subprocess.Popen([sys.executable, "jobs/tune_adept.py", "--config", str(tmp_path / "sweep.yaml")],
+                                cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, **cluster.env(), "ADEPT_TEST_STEP_SLEEP_S": "0.2"})
+        wait_for(lambda: train_controllers(cluster) == 2, 600, "both trials' drivers on the head", proc)
+        cluster.add_node(cpus=2)
+        cluster.add_node(cpus=2)
+        (hit,) = wait_for(lambda: runs_with_checkpoint(trials, 10)[:1], 600, "a trial checkpoint at step 10", proc)
+        wait_for(lambda: max((e["step"] for e in journal(trials, hit.name)), default=0) >= 15, 120, "step 15", proc)
+        ((lost,),) = trainer_state(hit / "step_00000010")["nodes"]
+        removed_after = max(e["step"] for e in journal(trials, hit.name))
+        cluster.remove_node(cluster.node(lost))
+        t_lost = time.monotonic()
+        assert proc.wait(timeout=1200) == 0, log.read_text()[-5000:]
+        done_s = time.monotonic() - t_lost
+    finally:
+        if proc is not None:
+            kill_tree(proc)
+        cluster.shutdown()
+    print(f"\n[sweep-node-lost] removed the node under {hit.name} after step {removed_after}; the sweep finished "
+          f"{done_s:.0f} s later")
+
+    runs = sorted(trials.glob(f"{SWEEP}-*"))
+    assert len(runs) == 2
+    (other,) = [run for run in runs if run != hit]
+    finals = {run: trainer_state(sorted(run.glob("step_*_final"))[-1]) for run in runs}
+    retried, undisturbed = finals[hit], finals[other]
+    assert retried["step"] == 40 and len(retried["resumed_at"]) == 1 and retried["resumed_at"][0] >= 10
+    assert lost in retried["nodes"][0] and lost not in retried["nodes"][1]
+    attempt0 = [e["step"] for e in journal(trials, hit.name) if e["attempt"] == 0]
+    assert max(attempt0) >= removed_after and max(attempt0) - retried["resumed_at"][0] <= 10
+    assert undisturbed["step"] == 40 and undisturbed["resumed_at"] == [] and len(undisturbed["nodes"]) == 1
+
+    with open(storage / SWEEP / "summary" / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and {row["status"] for row in rows} == {"completed"}, rows
+    assert "2 completed, 0 stopped early, 0 errored" in log.read_text()
+
+    client = MlflowClient(uri)
+    found = client.search_runs([client.get_experiment_by_name("sweeps").experiment_id])
+    children = [r for r in found if r.data.tags.get("adept.kind") == "trial"]
+    parents = [r for r in found if r.data.tags.get("adept.kind") == "sweep"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
+    for child in children:  # each trial's losses are continuous: the retry wrote no second points
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "train/loss")]
+        assert sorted(steps) == list(range(1, 41)), (child.info.run_name, sorted(steps))
