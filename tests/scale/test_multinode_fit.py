@@ -11,7 +11,7 @@ import subprocess
 import time
 
 import pytest
-from faults.fit_helpers import checkpoints, fit_args, journal, kill_tree, start_fit, wait_for
+from fit_helpers import checkpoints, fit_args, journal, kill_tree, start_fit, wait_for
 from mlflow import MlflowClient
 from multinode import LocalCluster, beyond_loopback, listeners, trainer_state
 from transformers import AutoModelForCausalLM, AutoTokenizer

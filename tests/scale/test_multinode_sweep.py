@@ -17,7 +17,7 @@ import time
 import psutil
 import pytest
 import yaml
-from faults.fit_helpers import ROOT, journal, kill_tree, wait_for
+from fit_helpers import ROOT, journal, kill_tree, wait_for
 from mlflow import MlflowClient
 from multinode import LocalCluster, trainer_state
 

@@ -7,7 +7,7 @@ Dropout is off (`ffn_dropout=0`): its masks depend on how a batch is split acros
 import json
 
 import pytest
-from faults.fit_helpers import checkpoints, journal
+from fit_helpers import checkpoints, journal
 from safetensors.torch import load_file
 
 from adept.io import WEIGHTS_NAME
