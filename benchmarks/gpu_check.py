@@ -142,11 +142,16 @@ def train_row(backbone, method, sizes, stage, length, args, device) -> dict:
 
 def infer_rows(backbone, length, args, device) -> list[dict]:
     """Eval forward latency: the backbone on m + L ids, ADePT on the fly, ADePT folded (bf16 weights)."""
+    import gc
+
     import torch
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     from pipeline.backbones import load_backbone
     from pipeline.setup import adept_config
 
+    unset_hf_deepspeed_config()  # the ZeRO-3 rows' config would make transformers build this one partitioned
+    gc.collect()
     base, _, kind = load_backbone(backbone, dtype="bfloat16")
     base = base.to(device).eval()
     cfg = _config(backbone, "adept", METHODS["adept"], 2, length, args.batch, gpu=device.type == "cuda")

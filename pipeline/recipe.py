@@ -169,12 +169,14 @@ class FitRecipe:
             for index in range(state.batch_in_epoch, len(batches)):
                 rows = [self.data.train[i] for i in batches[index]]
                 batch = self.data.collate(rows)
-                loss, stepped = self.engine.train_micro_batch(self._to_device(batch))
+                try:
+                    loss, stepped = self.engine.train_micro_batch(self._to_device(batch))
+                except RuntimeError as err:  # AdamW's step size itself overflows float32
+                    if "overflow" not in str(err):
+                        raise
+                    raise self._diverged(f"the optimizer step overflowed ({err})") from err
                 if not math.isfinite(loss):
-                    raise DivergenceError(
-                        f"the training loss became {loss} at step {state.step + 1}: the fit diverged. Likely cause: "
-                        f"a learning rate too high for this backbone (prompt_lr={cfg.prompt_lr}, offset_lr="
-                        f"{cfg.offset_lr}); lower them (SmolLM2-sized embeddings want ~1e-2 / 3e-4).")
+                    raise self._diverged(f"the training loss became {loss}")
                 self.window.add(loss, int(batch["attention_mask"].sum()), len(rows))
                 if not stepped:
                     continue
@@ -277,6 +279,13 @@ class FitRecipe:
         progress.end(", ".join(f"{k} {v:.2f}" for k, v in result.metrics.items()))
         self.seconds["eval"] += time.perf_counter() - started
         return result
+
+    def _diverged(self, what: str) -> DivergenceError:
+        cfg = self.cfg
+        return DivergenceError(
+            f"{what} at step {self.state.step + 1}: the fit diverged. Likely cause: a learning rate too high for "
+            f"this backbone (prompt_lr={cfg.prompt_lr}, offset_lr={cfg.offset_lr}); lower them (SmolLM2-sized "
+            "embeddings want ~1e-2 / 3e-4, T5's 0.3 / 1e-4).")
 
     def _check_finite_adapter(self) -> None:
         state = adapter_state_dict(self.engine.module)  # collective under ZeRO-3
