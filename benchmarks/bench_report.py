@@ -113,12 +113,49 @@ def fit_table(rows: list[dict]) -> list[str]:
     return out
 
 
+def scale_tables(rows: list[dict]) -> list[str]:
+    memory = [r for r in rows if r["item"] == "scale_memory"]
+    bf16 = [r for r in rows if r["item"] == "scale_bf16"]
+    out = []
+    if memory:
+        out += ["### 6a. Per-worker memory under ZeRO-3 (the job itself; peak RSS minus the process before the model)",
+                "", "| run | backbone | workers | added MiB per worker | ratio vs 1 worker | peak RSS MiB | s/step | wall s |",
+                "|---|---|---|---|---|---|---|---|"]
+        for r in memory:
+            out.append(f"| {r['run']} | {r['backbone']} | {r['workers']} | {r['added_mib_per_worker']:,.0f} | "
+                       f"**{r['ratio_vs_1_worker']:.3f}** | {', '.join(f'{p:,.0f}' for p in r['peak_rss_mib'])} | "
+                       f"{r['step_s'] or float('nan'):.1f} | {r['wall_s']:.0f} |")
+    if bf16:
+        out += ["", "### 6b. bf16 / fp32 (autocast over fp32 weights; one process, alternating per round)", "",
+                "| backbone | method | what | L | B | fp32 ms | bf16 ms | bf16/fp32 |", "|---|---|---|---|---|---|---|---|"]
+        for r in bf16:
+            out.append(f"| {r['backbone']} | {r['method']} | {r['what']} | {r['L']} | {r['batch']} | {r['fp32_ms']} | "
+                       f"{r['bf16_ms']} | **{r['ratio']:.3f}** [{r['ratio_min']:.3f}–{r['ratio_max']:.3f}] |")
+    return out
+
+
+def sweep_table(rows: list[dict]) -> list[str]:
+    rows = [r for r in rows if r["item"] == "sweep"]
+    if not rows:
+        return []
+    out = ["### 7. Sweep efficiency: the paper's grid to the end vs ASHA, same space", "",
+           "| scheduler | trials | stopped early | training steps | steps vs grid | wall s | wall vs grid | best val | "
+           "its test | best trial |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['scheduler']} | {r['trials']} | {r['stopped_early']} | {r['steps']} | "
+                   f"{r.get('steps_ratio_vs_grid', 1.0):.2f} | {r['wall_s']:.0f} | {r.get('wall_ratio_vs_grid', 1.0):.2f} | "
+                   f"{r['best_val']:.2f} | {r['best_test'] if r['best_test'] is not None else '-'} | "
+                   f"{r['best_trial']} |")
+    return out
+
+
 def render(result: dict) -> str:
     parts = ["## Benchmark results", "", *machine_lines(result["meta"])]
     for note in result["meta"].get("notes", []):
         parts.append(f"Note: {note}")
     for block in (train_table(result["rows"]), inference_table(result["rows"]), targets_table(result["targets"]),
-                  pipeline_table(result["rows"]), fit_table(result["rows"])):
+                  pipeline_table(result["rows"]), fit_table(result["rows"]), scale_tables(result["rows"]),
+                  sweep_table(result["rows"])):
         if block:
             parts += ["", *block]
     return "\n".join(parts) + "\n"

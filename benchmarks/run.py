@@ -30,7 +30,8 @@ import torch  # noqa: E402
 
 bench_pipeline.load_runner_modules()  # runner_*.py beside this file add pipeline runners (item 3)
 
-ITEMS = ("train", "infer", "pipeline", "fit")
+ITEMS = ("train", "infer", "pipeline", "fit", "scale", "sweep")
+DEFAULT_ITEMS = ("train", "infer", "pipeline", "fit")  # scale (~15 min) and sweep (~45 min) only when asked
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
 # Batch sizes per backbone: the same for every method/variant of a backbone.
 BATCH = {"tiny": 8, bc.SMOLLM2: 2}
@@ -47,7 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="comma list of tiny, smollm2-135m (default both, --quick: tiny; SmolLM2 is skipped with a "
                          "note when it is not in the cache: nothing is downloaded)")
     ap.add_argument("--lengths", default="64,256", help="input lengths L (default 64,256)")
-    ap.add_argument("--items", default=",".join(ITEMS), help=f"comma list of {', '.join(ITEMS)}")
+    ap.add_argument("--items", default=",".join(DEFAULT_ITEMS),
+                    help=f"comma list of {', '.join(ITEMS)} (default {','.join(DEFAULT_ITEMS)})")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--threads", type=int, default=1,
@@ -171,6 +173,14 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench_pipeline.run(work, [r for r in args.pipeline_runners.split(",") if r], log=log)
     if "fit" in args.items:
         rows += fit_rows(args, notes)
+    if "scale" in args.items:
+        import bench_scale
+
+        rows += bench_scale.bf16_rows(log=log) + bench_scale.memory_rows(log=log)
+    if "sweep" in args.items:
+        import bench_sweep
+
+        rows += bench_sweep.rows(Path(args.fit_config or bench_fit.DEFAULT_CONFIG).resolve(), log=log)
     meta["wall_s"] = time.perf_counter() - started
     result = {"meta": meta, "rows": rows, "targets": bench_infer.targets(rows)}
     out = Path(args.out)

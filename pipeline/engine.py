@@ -108,6 +108,19 @@ class DeepSpeedTrainEngine(_Engine):
             inner._hp_optimizer_states_linked = False
             inner._lazy_init_hp_params_optimizer_state()
 
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        """The adapter's fp32 master weights, full size (bf16 keeps only a rounded working copy in the module)."""
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        out = {}
+        for name, param in self.module.adapter_named_parameters():
+            full = safe_get_full_fp32_param(param)
+            if full is None:  # ZeRO-0 fp32: the parameter is the master
+                with torch.no_grad(), _gathered(param):
+                    full = param.detach().clone()
+            out[name] = full.float().cpu().clone().contiguous()
+        return out
+
     def snapshot(self, step: int) -> TrainerSnapshot:
         from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
@@ -191,6 +204,10 @@ class DDPTrainEngine(_Engine):
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         return loss.item(), boundary
+
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        """The adapter's weights (fp32: DDP keeps them fp32 and autocasts the compute)."""
+        return {name: p.detach().float().cpu().clone().contiguous() for name, p in self.module.adapter_named_parameters()}
 
     def snapshot(self, step: int) -> TrainerSnapshot:
         tensors = {}

@@ -336,14 +336,24 @@ def predict(model, tokenizer, task: Task, sources, config: EvalConfig) -> list[s
             f"eval_mode='rank' needs label strings, but task {task.name!r} ({task.task_type}) has none; "
             "use eval_mode='generate'"
         )
+    sources = list(sources)
+    # Sources of similar length share a batch: less padding computed for nothing (each row's result is the
+    # same whatever batch it is in, up to float rounding); the predictions come back in the input order.
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+    ranked = [sources[i] for i in order]
     was_training = getattr(model, "training", False)
     model.eval()
     try:
         if config.eval_mode == "rank":
-            return predict_rank(model, tokenizer, sources, task.label_strings, config)
-        return predict_generate(model, tokenizer, sources, config, config.max_new_tokens or task.max_new_tokens)
+            out = predict_rank(model, tokenizer, ranked, task.label_strings, config)
+        else:
+            out = predict_generate(model, tokenizer, ranked, config, config.max_new_tokens or task.max_new_tokens)
     finally:
         model.train(was_training)
+    predictions = [""] * len(sources)
+    for position, index in enumerate(order):
+        predictions[index] = out[position]
+    return predictions
 
 
 def score(task: Task, dataset, predictions: list[str]) -> EvalResult:

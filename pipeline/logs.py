@@ -16,7 +16,7 @@ LEVEL_ENV = "ADEPT_LOG_LEVEL"
 LEVELS = ("debug", "info", "warning", "error")
 # Libraries whose INFO/WARNING chatter drowns the job's own lines; their errors still show.
 NOISY = ("datasets", "transformers", "deepspeed", "DeepSpeed", "torch.distributed", "filelock", "urllib3",
-         "mlflow.tracking", "mlflow.store", "alembic", "huggingface_hub")
+         "mlflow.tracking", "mlflow.store", "mlflow.system_metrics", "alembic", "huggingface_hub")
 
 
 def add_arguments(parser) -> None:
@@ -78,6 +78,13 @@ def _quiet_libraries(level: str) -> None:
             warnings.filterwarnings("ignore", category=category)
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bars
+        try:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        except ImportError:
+            pass
         try:
             import datasets
 

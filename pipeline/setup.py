@@ -103,7 +103,8 @@ def build_data(cfg: TrainConfig, tokenizer, kind: str, model: AdeptModel, verbos
     train_rows = task.get_split("train", max_examples=cfg.max_train_examples)
     train, report = tokenize_dataset(train_rows, tokenizer, tok_cfg, "train")
     if verbose:
-        log.info(f"[adept] {task.name}: {report.message()}")
+        truncated = report.source_truncated or report.target_truncated
+        (log.warning if truncated else log.info)(f"[adept] {task.name}: {report.message()}")
     validation = task.get_split("validation", max_examples=cfg.max_eval_examples)
     test = task.get_split("test", max_examples=cfg.max_eval_examples)
     eval_config = EvalConfig(tokenize=tok_cfg, eval_mode=cfg.eval_mode, batch_size=cfg.eval_batch_size,

@@ -284,10 +284,12 @@ def _zero_shot_task(cfg_dict: dict, env: dict[str, str]) -> dict[str, float]:
     from pipeline.backbones import load_backbone
     from pipeline.evaluation import EvalConfig, evaluate
     from pipeline.logs import configure_worker_logging
+    from pipeline.recipe import use_assigned_cpus
     from pipeline.setup import resolve_task, tokenize_config
 
     apply_driver_env(env)
     configure_worker_logging()
+    use_assigned_cpus()
     cfg = TrainConfig.from_dict(cfg_dict)
     model, tokenizer, kind = load_backbone(cfg.backbone, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
     model.to("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
