@@ -3,7 +3,7 @@
     python benchmarks/run.py --items scale                  # both parts (~15 min on 2 CPU cores)
     python benchmarks/bench_scale.py --part memory          # only the ZeRO-3 memory rows
 
-**Memory** runs the real job (`jobs/train_adept.py`: Ray Train, DeepSpeed ZeRO-3, bf16) on `random:llama-1b`
+**Memory** runs the real job (`jobs/train_adept.py`: Ray Train, DeepSpeed ZeRO-3, fp32) on `random:llama-1b`
 (1.04e9 parameters, built already partitioned) for a few steps with 1 worker, 2 workers, and 2 workers with the
 optimizer offloaded, and reads each worker's resident memory from the job's own MLflow metrics: the peak
 (VmHWM) minus what the process held before it built the model and the data (imports, Ray). The ratio of
@@ -33,7 +33,8 @@ MEMORY_RUNS = {"1 worker": ["--num-workers", "1"], "2 workers": ["--num-workers"
                "2 workers + offload": ["--num-workers", "2", "--set", "offload=true"]}
 
 
-def memory_rows(backbone: str = "random:llama-1b", steps: int = 2, log=print) -> list[dict]:
+def memory_rows(backbone: str = "random:llama-1b", steps: int = 2, precision: str = "fp32", log=print) -> list[dict]:
+    """fp32 by default: CPUs without AVX-512 BF16 (this project's 2-core machines) run bf16 matmuls ~12× slower."""
     from mlflow import MlflowClient
 
     rows = []
@@ -42,12 +43,13 @@ def memory_rows(backbone: str = "random:llama-1b", steps: int = 2, log=print) ->
             uri = f"sqlite:///{tmp}/mlflow.db"
             cmd = [sys.executable, str(ROOT / "jobs" / "train_adept.py"), "--task", "movie-sentiment",
                    "--backbone", backbone, "--method", "adept", "--m", "8", "--budget", "100", "--batch-size", "2",
-                   "--max-steps", str(steps), "--eval-steps", str(steps), "--zero-stage", "3", "--precision", "bf16",
+                   "--max-steps", str(steps), "--eval-steps", str(steps), "--zero-stage", "3", "--precision", precision,
                    "--storage-path", f"{tmp}/runs", "--mlflow-uri", uri, "--name", "bench-scale", "--quiet",
-                   "--set", "dtype=bfloat16", "--set", "max_source_length=48", "--set", "max_target_length=8",
+                   "--set", f"dtype={'bfloat16' if precision == 'bf16' else 'float32'}", "--set", "max_source_length=48",
+                   "--set", "max_target_length=8",
                    "--set", "max_train_examples=64", "--set", "max_eval_examples=4", "--set", "warmup_steps=0",
                    "--set", "prompt_init=sample_vocab", "--set", "eval_batch_size=4", *extra]
-            log(f"[scale] {label}: {backbone}, ZeRO-3 bf16, {steps} steps ...")
+            log(f"[scale] {label}: {backbone}, ZeRO-3 {precision}, {steps} steps ...")
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
             wall = time.perf_counter() - t0
@@ -59,6 +61,7 @@ def memory_rows(backbone: str = "random:llama-1b", steps: int = 2, log=print) ->
             workers = int(extra[1])
             added = [m[f"perf/peak_rss_mib_r{k}"] - m[f"perf/rss_before_model_mib_r{k}"] for k in range(workers)]
             rows.append({"item": "scale_memory", "run": label, "backbone": backbone, "workers": workers,
+                         "precision": precision,
                          "peak_rss_mib": [m[f"perf/peak_rss_mib_r{k}"] for k in range(workers)],
                          "added_mib": added, "added_mib_per_worker": max(added), "wall_s": round(wall, 1),
                          "step_s": m.get("perf/step_s"), "val_accuracy": m.get("val/accuracy")})

@@ -68,7 +68,7 @@ def _run_in_ray_train(work: bp.TrainWork, deepspeed: bool, name: str, label: str
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import ray
 
-    from pipeline.launch import init_ray
+    from pipeline.ray_setup import init_ray
 
     cluster_started = not ray.is_initialized()  # the first Ray runner of a run also pays for the local cluster
     init_ray(num_workers=1)

@@ -192,10 +192,7 @@ def tokenize_dataset(
         longest_source=max(s_len, default=0),
         longest_target=max(t_len, default=0),
     )
-    if report.source_truncated or report.target_truncated:
-        logger.info("truncation: %s", report.message())  # the job reports it once, as a warning (pipeline.setup)
-    else:
-        logger.info("truncation: %s", report.message())
+    logger.info("truncation: %s", report.message())  # the job reports truncation once, as a warning (pipeline.setup)
     return out.remove_columns(["source_length", "target_length"]), report
 
 

@@ -3,6 +3,7 @@ its storage, find its Ray Train workers, read its metrics journal."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import subprocess
@@ -78,3 +79,43 @@ def kill_tree(proc: subprocess.Popen) -> None:
         except ProcessLookupError:
             return
         time.sleep(2)
+
+
+def listeners(proc) -> dict[str, str]:
+    """LISTEN sockets of the job's process tree: address -> process name."""
+    try:
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return {}
+    pids = {p.pid: p for p in tree}
+    found = {}
+    for conn in psutil.net_connections(kind="inet"):
+        if conn.status == psutil.CONN_LISTEN and conn.pid in pids:
+            try:
+                found[f"{conn.laddr.ip}:{conn.laddr.port}"] = " ".join(pids[conn.pid].cmdline()[:3])[:120]
+            except psutil.Error:
+                continue
+    return found
+
+
+def watch(proc, seen: dict[str, str] | None = None) -> dict[str, str]:
+    """Collect the job's listeners until it exits (then clean up what it left)."""
+    seen = {} if seen is None else seen
+    try:
+        while proc.poll() is None:
+            seen.update(listeners(proc))
+            try:
+                proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                pass
+    finally:
+        kill_tree(proc)
+    return seen
+
+
+def beyond_loopback(seen: dict[str, str]) -> dict[str, str]:
+    def loopback(addr: str) -> bool:
+        ip = ipaddress.ip_address(addr.rsplit(":", 1)[0])
+        return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback  # ::ffff:127.0.0.1 is 127.0.0.1
+
+    return {addr: who for addr, who in seen.items() if not loopback(addr)}

@@ -1,11 +1,23 @@
 """A Ray Train worker SIGKILLed mid-fit (a real kill, not an exception): the fit resumes from its last checkpoint,
 redoes at most one eval_steps interval, computes exactly what it computed before at the replayed steps, and
-leaves one FINISHED MLflow run without duplicate metric points."""
+leaves one FINISHED MLflow run without duplicate metric points. Throughout, no process of the job (Ray's
+services, the dashboard and its agents, the workers' torch.distributed rendezvous) listens beyond loopback."""
 
 import signal
 
 import pytest
-from fit_helpers import checkpoints, fit_args, journal, kill_tree, start_fit, train_workers, wait_for
+from fit_helpers import (
+    beyond_loopback,
+    checkpoints,
+    fit_args,
+    journal,
+    kill_tree,
+    listeners,
+    start_fit,
+    train_workers,
+    wait_for,
+    watch,
+)
 from mlflow import MlflowClient
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
@@ -16,16 +28,22 @@ def test_sigkilled_worker_resumes_exactly(synthetic_task, tiny_backbone, tmp_pat
     args = fit_args(synthetic_task, tiny_backbone, storage, uri, name, "--num-workers", "2", "--max-steps", "60",
                     "--eval-steps", "10", "--set", "log_steps=1", "--set", "max_failures=1")
     proc = start_fit(args, env={"ADEPT_TEST_STEP_SLEEP_S": "0.15"}, log=tmp_path / "job.log")
+    seen: dict[str, str] = {}  # every listener of the job's process tree: Ray's services and the 2-rank rendezvous
     try:
-        wait_for(lambda: any(p.name.startswith("step_00000020") for p in checkpoints(storage, name)), 600,
-                 "a checkpoint at step 20", proc)
-        wait_for(lambda: max((e["step"] for e in journal(storage, name)), default=0) >= 25, 120, "step 25", proc)
+        def at_step_25():
+            seen.update(listeners(proc))
+            return max((e["step"] for e in journal(storage, name)), default=0) >= 25
+
+        wait_for(lambda: any(p.name.startswith("step_00000020") for p in checkpoints(storage, name)) and at_step_25(),
+                 600, "a checkpoint at step 20 and step 25", proc)
         workers = wait_for(lambda: train_workers(proc), 30, "the Ray Train workers", proc)
         killed_after = max(e["step"] for e in journal(storage, name))
         workers[-1].send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=900) == 0, (tmp_path / "job.log").read_text()[-4000:]
+        watch(proc, seen)
+        assert proc.returncode == 0, (tmp_path / "job.log").read_text()[-4000:]
     finally:
         kill_tree(proc)
+    assert len(seen) >= 5 and beyond_loopback(seen) == {}, seen  # nothing listens beyond loopback
 
     import json
 

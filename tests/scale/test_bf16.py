@@ -38,7 +38,7 @@ def test_bf16_logits_agree_with_fp32():
 @pytest.mark.parametrize("engine", ["deepspeed", "ddp"])
 def test_a_bf16_fit_learns(engine, synthetic_task, tiny_backbone, tmp_path):
     name = f"bf16-{engine}"
-    extra = ["--num-workers", "1", "--precision", "bf16", "--max-steps", "40", "--eval-steps", "20"]
+    extra = ["--num-workers", "1", "--precision", "bf16", "--max-steps", "60", "--eval-steps", "20"]
     if engine == "ddp":
         extra.append("--no-deepspeed")
     args = fit_args(synthetic_task, tiny_backbone, tmp_path / "runs", f"sqlite:///{tmp_path / 'm.db'}", name, *extra)

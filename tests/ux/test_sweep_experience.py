@@ -1,7 +1,8 @@
 """What a user sees of a sweep, end to end (`jobs/tune_adept.py` as its own process, a fresh local Ray):
 progress lines with ETA and evaluation messages, no bytecode dumps, each warning line at most once; in
 MLflow readable run names, FINISHED for a completed and for an ASHA-stopped trial (tagged), metric keys
-grouped by prefix, the standard source/user/commit tags, the task's splits as dataset inputs."""
+grouped by prefix, the standard source/user/commit tags, the task's splits as dataset inputs; and nothing of the
+sweep's process tree listens beyond loopback."""
 
 import os
 import re
@@ -11,7 +12,7 @@ from collections import Counter
 
 import pytest
 import yaml
-from fit_helpers import ROOT
+from fit_helpers import ROOT, beyond_loopback, watch
 from mlflow import MlflowClient
 
 pytestmark = [pytest.mark.ux, pytest.mark.slow]
@@ -35,9 +36,12 @@ def sweep(tmp_path_factory, synthetic_task, tiny_backbone):
                         "zero_shot": True}}
     path = root / "sweep.yaml"
     path.write_text(yaml.safe_dump(config))
-    proc = subprocess.run([sys.executable, "jobs/tune_adept.py", "--config", str(path)], capture_output=True,
-                          text=True, timeout=1200, cwd=ROOT, env={**os.environ, "ADEPT_TEST_STEP_SLEEP_S": "0.05"})
-    return {"proc": proc, "out": proc.stdout + proc.stderr, "uri": uri}
+    out = root / "job.log"
+    proc = subprocess.Popen([sys.executable, "jobs/tune_adept.py", "--config", str(path)], cwd=ROOT,
+                            stdout=open(out, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "ADEPT_TEST_STEP_SLEEP_S": "0.05"})
+    seen = watch(proc)  # the listeners of the sweep's process tree while it runs
+    return {"proc": proc, "out": out.read_text(), "uri": uri, "listeners": seen}
 
 
 def test_the_job_output_reads_well(sweep):
@@ -53,6 +57,10 @@ def test_the_job_output_reads_well(sweep):
     warnings = Counter(RAY_PREFIX.sub("", line).strip() for line in out.splitlines()
                        if "Warning" in line or "WARNING" in line)
     assert not [w for w, n in warnings.items() if n > 1 and w], warnings.most_common(3)
+
+
+def test_the_sweep_listens_on_loopback_only(sweep):
+    assert len(sweep["listeners"]) >= 5 and beyond_loopback(sweep["listeners"]) == {}, sweep["listeners"]
 
 
 def test_mlflow_runs_read_well(sweep):
