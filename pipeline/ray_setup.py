@@ -134,6 +134,7 @@ def _loopback_torch_config_class():
             from ray.train.torch.config import _set_torch_distributed_env_vars, _setup_torch_process_group
 
             store = os.path.join(tempfile.gettempdir(), f"adept-rendezvous-{uuid.uuid4().hex}")
+            self._store = store
             worker_group.execute(_loopback_env)
             worker_group.execute(_set_torch_distributed_env_vars)
             futures = [worker_group.execute_single_async(i, _setup_torch_process_group, backend="gloo", world_rank=i,
@@ -143,6 +144,15 @@ def _loopback_torch_config_class():
             import ray
 
             ray.get(futures)
+
+        def on_shutdown(self, worker_group, backend_config):
+            # torch deletes the file only when every rank exits cleanly; killed workers leave it behind
+            try:
+                super().on_shutdown(worker_group, backend_config)
+            finally:
+                store = getattr(self, "_store", None)
+                if store and os.path.exists(store):
+                    os.remove(store)
 
     @dataclass
     class LoopbackTorchConfig(TorchConfig):

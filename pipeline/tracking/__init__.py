@@ -18,6 +18,7 @@ from pipeline.tracking.runs import (
     PARENT_TAG,
     RUN_KEY_TAG,
     RunRef,
+    close_open_children,
     close_run,
     find_run,
     git_commit,
@@ -35,6 +36,6 @@ from pipeline.tracking.store import (
 )
 
 __all__ = ["DEFAULT_OUTAGE_BUDGET_S", "FAILED", "FINISHED", "JOURNAL", "KILLED", "KIND_TAG", "PARENT_TAG",
-           "RUN_KEY_TAG", "RunLogger", "RunRef", "TrackingOutage", "check_tracking_server", "client", "close_run",
+           "RUN_KEY_TAG", "RunLogger", "RunRef", "TrackingOutage", "check_tracking_server", "client", "close_open_children", "close_run",
            "default_tracking_uri", "experiment_id", "find_run", "fit_run_name", "git_commit", "is_remote",
            "metric_key", "open_run", "ray_key", "relog", "status_of_error", "trial_run_name"]

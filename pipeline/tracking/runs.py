@@ -82,6 +82,22 @@ def close_run(uri: str, run_id: str, status: str, *, error: str | None = None, t
     retrying(lambda: mlflow_client.set_terminated(run_id, status=status), "close the run", budget_s)
 
 
+def close_open_children(uri: str, parent_run_id: str, status: str, *, error: str | None = None,
+                        budget_s: float = DEFAULT_OUTAGE_BUDGET_S) -> int:
+    """Close the parent's child runs still RUNNING (trials a stopped sweep never finished); returns how many.
+
+    A trial's own driver closes its run when it can; when the sweep itself stops (Ctrl-C, a crash of the
+    driver process) the trials it was running are closed here, so no run is left RUNNING for ever."""
+    mlflow_client = client(uri)
+    parent = retrying(lambda: mlflow_client.get_run(parent_run_id), "read the sweep run", budget_s)
+    children = retrying(lambda: mlflow_client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and "
+                                                   "attributes.status = 'RUNNING'"), "find open trial runs", budget_s)
+    for child in children:
+        close_run(uri, child.info.run_id, status, error=error, budget_s=budget_s)
+    return len(children)
+
+
 def find_run(uri: str, experiment_id_: str, key: str):
     """The newest run of the experiment with this key, or None."""
     runs = client(uri).search_runs([experiment_id_], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'",

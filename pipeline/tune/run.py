@@ -104,7 +104,7 @@ def run_sweep(prep: PreparedSweep, log=print) -> SweepOutcome:
 
     from pipeline.launch import mlflow_params_and_tags
     from pipeline.ray_setup import init_ray
-    from pipeline.tracking import KILLED, close_run, open_run
+    from pipeline.tracking import close_open_children, close_run, open_run, status_of_error
     from pipeline.tune.callbacks import SweepProgress, TrialRunStatus
 
     t0 = time.time()
@@ -127,8 +127,12 @@ def run_sweep(prep: PreparedSweep, log=print) -> SweepOutcome:
                            cfg.tracking_outage_s),
             SweepProgress(prep.name, prep.total_trials, cfg.max_steps, prep.metric)])
     except BaseException as err:
-        close_run(run.tracking_uri, parent.run_id, KILLED if isinstance(err, KeyboardInterrupt) else "FAILED",
-                  error=f"{type(err).__name__}: {err}"[:1000], budget_s=cfg.tracking_outage_s)
+        status, error = status_of_error(err), f"{type(err).__name__}: {err}"[:1000]
+        try:  # the trials this sweep was running end with it (a re-run of the sweep name resumes them)
+            close_open_children(run.tracking_uri, parent.run_id, status, error=f"the sweep stopped: {error}",
+                                budget_s=cfg.tracking_outage_s)
+        finally:
+            close_run(run.tracking_uri, parent.run_id, status, error=error, budget_s=cfg.tracking_outage_s)
         raise
     rows = [_trial_row(prep, res) for res in grid]
     outcome = SweepOutcome(prep, rows, None, zero, parent.run_id, time.time() - t0)
