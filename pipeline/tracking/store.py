@@ -73,6 +73,9 @@ def check_tracking_server(uri: str) -> None:
         ) from err
 
 
+EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 def experiment_id(uri: str, name: str, artifact_root: Path | None = None) -> str:
     """The experiment's id; a new experiment gets `artifact_root` as its artifact location (local stores)."""
     mlflow_client = client(uri)
@@ -80,7 +83,8 @@ def experiment_id(uri: str, name: str, artifact_root: Path | None = None) -> str
     if exp is not None:
         return exp.experiment_id
     location = None if is_remote(uri) or artifact_root is None else Path(artifact_root).resolve().as_uri()
-    return mlflow_client.create_experiment(name, artifact_location=location)
+    # MLflow 3's UI opens an untagged experiment on its GenAI (traces) pages; ours hold training runs
+    return mlflow_client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
 
 
 def retrying(call: Callable[[], T], what: str, budget_s: float = DEFAULT_OUTAGE_BUDGET_S,

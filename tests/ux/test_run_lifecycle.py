@@ -23,6 +23,8 @@ def test_reopening_a_key_resumes_the_same_run(uri, tmp_path):
     assert run.data.params == {"m": "8"} and run.data.tags["adept.error"] == "RuntimeError: boom"
     with pytest.raises(ValueError, match="not one of"):
         close_run(uri, again.run_id, "DONE")
+    # MLflow's UI opens the experiment on its training-runs pages, not on the GenAI traces overview
+    assert MlflowClient(uri).get_experiment(first.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_a_stopped_sweep_closes_only_its_open_trials(uri, tmp_path):
