@@ -2,6 +2,7 @@
 
     python benchmarks/run.py --items sweep             # the demo's model and data, a 3×3 learning-rate grid
     python benchmarks/bench_sweep.py --config configs/demo.yaml --max-steps 60
+    python benchmarks/bench_sweep.py --tiny            # the tests' synthetic task on a tiny Llama: minutes
 
 The same space - prompt_lr ∈ {3e-3, 1e-2, 3e-2} × offset_lr ∈ {1e-4, 3e-4, 1e-3} on the demo's base settings
 (SmolLM2-135M + movie-sentiment, ADePT m=8 at a budget of 100·d) - runs twice through `jobs/tune_adept.py`:
@@ -26,14 +27,38 @@ ROOT = Path(__file__).resolve().parents[1]
 SPACE = {"prompt_lr": {"grid": [3.0e-3, 1.0e-2, 3.0e-2]}, "offset_lr": {"grid": [1.0e-4, 3.0e-4, 1.0e-3]}}
 
 
-def run_sweep(config: Path, scheduler: str, max_steps: int, tmp: str, log=print) -> dict:
+TINY_SPACE = {"prompt_lr": {"grid": [3.0e-2, 1.0e-1, 3.0e-1]}, "offset_lr": {"grid": [3.0e-3, 1.0e-2, 3.0e-2]}}
+
+
+def tiny_config(folder: Path) -> Path:
+    """`--tiny`: the test suite's learnable synthetic task and 2-layer Llama (d=32), in a sweep config of the
+    demo's shape (ASHA rungs at 20 / 40 of 60 steps); minutes instead of an hour, the same two sweeps."""
+    import yaml
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from synthetic import write_backbone, write_task
+
+    task, backbone = write_task(folder / "task"), write_backbone(folder / "backbone")
+    base = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    base.update(task=str(task), backbone=str(backbone), num_virtual_tokens=4, budget=None, r=8,
+                prompt_init_text=None, batch_size=16, warmup_steps=0, max_source_length=32, max_target_length=4,
+                max_train_examples=None, experiment="bench-sweep-tiny")
+    path = folder / "sweep-tiny.yaml"
+    path.write_text(yaml.safe_dump(base))
+    return path
+
+
+def run_sweep(config: Path, scheduler: str, max_steps: int, tmp: str, log=print, space: dict | None = None) -> dict:
     name = f"bench-sweep-{scheduler}"
     cmd = [sys.executable, str(ROOT / "jobs" / "tune_adept.py"), "--config", str(config), "--name", name,
            "--scheduler", scheduler, "--no-zero-shot", "--storage-path", f"{tmp}/runs",
            "--mlflow-uri", f"sqlite:///{tmp}/mlflow.db", "--set", f"max_steps={max_steps}", "--quiet",
-           "--sweep-set", f"space={json.dumps(SPACE)}", "--sweep-set", "num_samples=1",
+           "--sweep-set", f"space={json.dumps(space or SPACE)}", "--sweep-set", "num_samples=1",
            "--sweep-set", "points_to_evaluate=[]"]
-    log(f"[sweep] {scheduler}: 9 grid points, {max_steps} steps each at most ...")
+    points = 1
+    for values in (space or SPACE).values():
+        points *= len(values["grid"])
+    log(f"[sweep] {scheduler}: {points} grid points, {max_steps} steps each at most ...")
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -52,10 +77,10 @@ def run_sweep(config: Path, scheduler: str, max_steps: int, tmp: str, log=print)
             "stopped_early": sum(r["status"] == "stopped" for r in rows)}
 
 
-def rows(config: Path, max_steps: int = 60, log=print) -> list[dict]:
+def rows(config: Path, max_steps: int = 60, log=print, space: dict | None = None) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
-        grid = run_sweep(config, "fifo", max_steps, tmp, log)
-        asha = run_sweep(config, "asha", max_steps, tmp, log)
+        grid = run_sweep(config, "fifo", max_steps, tmp, log, space)
+        asha = run_sweep(config, "asha", max_steps, tmp, log, space)
     asha["steps_ratio_vs_grid"] = round(asha["steps"] / grid["steps"], 3)
     asha["wall_ratio_vs_grid"] = round(asha["wall_s"] / grid["wall_s"], 3)
     asha["best_val_gap"] = round(grid["best_val"] - asha["best_val"], 2)
@@ -67,11 +92,19 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, default=ROOT / "configs" / "demo.yaml")
     p.add_argument("--max-steps", type=int, default=60)
+    p.add_argument("--tiny", action="store_true", help="the synthetic task on a tiny random Llama (see tiny_config)")
+    p.add_argument("--space", type=json.loads, default=None,
+                   help='the grid as JSON, e.g. \'{"prompt_lr": {"grid": [0.1, 0.3]}}\' (default: the 3x3 lr grid above)')
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sweep.json")
     args = p.parse_args(argv)
-    result = rows(args.config, args.max_steps)
+    if args.tiny:
+        with tempfile.TemporaryDirectory() as folder:
+            result = rows(tiny_config(Path(folder)), args.max_steps, space=args.space or TINY_SPACE)
+    else:
+        result = rows(args.config, args.max_steps, space=args.space)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"rows": result, "command": " ".join(["python", *sys.argv])}, indent=1) + "\n")
+    args.out.write_text(json.dumps({"rows": result, "command": " ".join(["python", *sys.argv]), "date":
+                                    time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1) + "\n")
     print(json.dumps(result, indent=1))
     return 0
 
