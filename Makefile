@@ -25,7 +25,7 @@ demo: install
 	$(BIN)/python jobs/tune_adept.py
 
 test: install
-	@status=0; $(BIN)/python -m pytest -q --durations=30 || status=$$?; \
+	@status=0; $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=30 || status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests (exit 5): failing" >&2; fi; exit $$status
 
 test-fast: install

@@ -39,8 +39,10 @@ def use_loopback() -> None:
 def init_ray(num_workers: int, num_cpus: int | None = None) -> None:
     """Connect to the cluster in RAY_ADDRESS (e.g. under `ray job submit`), else start a local one on loopback.
 
-    A local start that fails (on a shared host another Ray may hold the dashboard agent's fixed port
-    52365) is retried once with every port chosen free; a second failure raises `RayStartError`.
+    A local cluster takes free ports for its dashboard and agents (Ray's defaults are fixed, e.g. the
+    dashboard agent's 52365, so a second local Ray on the host - another job, a test - would fail to start).
+    A start that fails anyway (a port taken between choosing and binding it) is retried once on new free
+    ports; a second failure raises `RayStartError`.
     """
     use_loopback()
     import ray
@@ -52,12 +54,12 @@ def init_ray(num_workers: int, num_cpus: int | None = None) -> None:
         return
     cpus = num_cpus or max(os.cpu_count() or 1, num_workers + 1)
     try:
-        _start_local(ray, cpus, free_ports=False)
+        _start_local(ray, cpus)
     except Exception as first:  # noqa: BLE001 - Ray raises several types for a failed start
-        log.warning(f"[adept] local Ray did not start ({_first_line(first)}); retrying once on free ports")
+        log.warning(f"[adept] local Ray did not start ({_first_line(first)}); retrying once on new free ports")
         ray.shutdown()
         try:
-            _start_local(ray, cpus, free_ports=True)
+            _start_local(ray, cpus)
         except Exception as second:  # noqa: BLE001
             ray.shutdown()
             raise RayStartError(f"a local Ray cluster did not start twice: {_first_line(first)} / then "
@@ -65,13 +67,10 @@ def init_ray(num_workers: int, num_cpus: int | None = None) -> None:
                                 "ports, or start a cluster yourself and set RAY_ADDRESS.") from second
 
 
-def _start_local(ray, cpus: int, free_ports: bool) -> None:
+def _start_local(ray, cpus: int) -> None:
     quiet = os.environ.get("ADEPT_LOG_LEVEL", "info") in ("warning", "error")
     kwargs = {"num_cpus": cpus, "include_dashboard": True, "dashboard_host": "127.0.0.1", "log_to_driver": True,
               "logging_level": logging.WARNING if quiet else logging.INFO}
-    if not free_ports:
-        ray.init(**kwargs)
-        return
     import ray._private.parameter as parameter
 
     ports = iter(_free_ports(4))

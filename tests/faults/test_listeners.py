@@ -1,5 +1,5 @@
-"""A local Ray start that fails (another Ray on the host holds the dashboard agent's fixed port 52365) is retried
-once on free ports. That nothing listens beyond loopback during a 2-worker fit and a sweep is checked in the
+"""A local Ray start succeeds while another Ray on the host holds the dashboard agent's fixed port 52365 (local
+clusters take free ports; a start that fails anyway is retried once on new ones). That nothing listens beyond loopback during a 2-worker fit and a sweep is checked in the
 process table while they run: tests/faults/test_worker_kill.py and tests/ux/test_sweep_experience.py."""
 
 import socket
@@ -12,7 +12,7 @@ from fit_helpers import ROOT
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 
-def test_local_ray_start_is_retried_when_the_agent_port_is_taken(tmp_path):
+def test_local_ray_starts_while_the_agent_port_is_taken(tmp_path):
     """Another local Ray holding 127.0.0.1:52365 (the dashboard agent's fixed port) made starts fail."""
     blocker = socket.socket()
     blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
