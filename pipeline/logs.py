@@ -78,6 +78,7 @@ def _quiet_libraries(level: str) -> None:
             warnings.filterwarnings("ignore", category=category)
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # "Downloading artifacts: 50%|█..."
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bars
         try:
             from transformers.utils import logging as hf_logging
