@@ -68,8 +68,12 @@ def _quiet_libraries(level: str) -> None:
     threshold = logging.DEBUG if level == "debug" else logging.ERROR
     for name in NOISY:
         logging.getLogger(name).setLevel(threshold)
-    # Ray Train's workers announce every report and checkpoint at INFO (the metrics dict in full).
-    logging.getLogger("ray.train").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+    # Ray Train's workers announce every report and checkpoint at INFO (the metrics dict in full); the report
+    # line comes from a logger named by its file's path, not by its module.
+    train_level = logging.DEBUG if level == "debug" else logging.WARNING
+    logging.getLogger("ray.train").setLevel(train_level)
+    for path in _ray_train_file_loggers():
+        logging.getLogger(path).setLevel(train_level)
     if level != "debug":
         warnings.simplefilter("once")  # each distinct warning once per process, not once per call site
         # Libraries' deprecation notices (SQLAlchemy in MLflow, pandas 4, torch.distributed renames) say
@@ -93,3 +97,14 @@ def _quiet_libraries(level: str) -> None:
             datasets.logging.set_verbosity_error()
         except ImportError:
             pass
+
+
+def _ray_train_file_loggers() -> list[str]:
+    """Ray Train modules that log through `logging.getLogger(__file__)`; found without importing Ray."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("ray")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    root = list(spec.submodule_search_locations)[0]
+    return [os.path.join(root, "train", "v2", "_internal", "execution", "context.py")]
