@@ -133,6 +133,9 @@ def _time_bf16(model, ids, labels, rounds: int) -> dict[str, dict[bool, list[flo
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", choices=["memory", "bf16", "both"], default="both")
+    p.add_argument("--bf16-backbone", default="smollm2-135m", help="bf16 rows: smollm2-135m (if cached) or tiny")
+    p.add_argument("--rounds", type=int, default=7, help="bf16 rows: interleaved rounds")
+    p.add_argument("--steps", type=int, default=2, help="memory rows: training steps per fit")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scale.json")
     args = p.parse_args(argv)
     import torch
@@ -140,11 +143,12 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     rows = []
     if args.part in ("bf16", "both"):
-        rows += bf16_rows()
+        rows += bf16_rows(args.bf16_backbone, rounds=args.rounds)
     if args.part in ("memory", "both"):
-        rows += memory_rows()
+        rows += memory_rows(steps=args.steps)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"rows": rows, "command": " ".join(["python", *sys.argv])}, indent=1) + "\n")
+    args.out.write_text(json.dumps({"rows": rows, "command": " ".join(["python", *sys.argv]),
+                                    "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1) + "\n")
     print(json.dumps(rows, indent=1))
     return 0
 

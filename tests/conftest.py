@@ -26,6 +26,13 @@ from mlflow_server import MlflowServer  # noqa: E402
 from synthetic import write_backbone, write_task  # noqa: E402
 
 
+def pytest_collection_modifyitems(config, items):
+    """Files with `slow` tests first (a stable sort, files stay together): `make test` runs files on parallel
+    workers (pytest-xdist --dist loadfile), and long files started last would leave one worker finishing alone."""
+    slow_files = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow_files)
+
+
 @pytest.fixture(scope="session")
 def synthetic_task(tmp_path_factory) -> Path:
     return write_task(tmp_path_factory.mktemp("task"))

@@ -53,6 +53,8 @@ def test_the_job_output_reads_well(sweep):
     assert re.search(r"sweep ux-sweep: \d/2 trials done, \d running .*ETA", out)
     assert "t00" in out  # Tune's own lines name trials readably, not _trial_driver_...
     assert "_trial_driver" not in out
+    # neither Ray Train's per-report dump of the metrics dict nor MLflow's artifact progress bars
+    assert "Reporting training result" not in out and "Downloading artifacts" not in out
     # each warning line at most once (Ray collapses identical lines of its workers: "[repeated 2x ...]")
     warnings = Counter(RAY_PREFIX.sub("", line).strip() for line in out.splitlines()
                        if "Warning" in line or "WARNING" in line)
