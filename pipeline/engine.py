@@ -23,6 +23,19 @@ from pipeline.config import TrainConfig
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
+def linear_warmup_schedule(optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """transformers' `get_linear_schedule_with_warmup`, factor for factor (tests/training/test_engine_units.py
+    checks it against transformers): 0 -> 1 over `warmup_steps`, then linearly to 0 at `total_steps`. Importing
+    transformers.optimization imports peft wherever peft is installed, ~5 CPU-s in every Ray Train worker."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return step / max(1, warmup_steps)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def _loss_kwargs(module) -> dict:
     """Training needs only the loss: an AdeptModel then skips the LM head where no label is."""
     return {"loss_only": True} if isinstance(module, AdeptModel) else {}

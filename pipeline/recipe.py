@@ -23,13 +23,12 @@ from pathlib import Path
 
 import ray.train
 import torch
-from transformers import get_linear_schedule_with_warmup
 
 from adept.io import load_adapter_state_dict, read_adapter_state_dict, save_adapter
 from pipeline import checkpoint as ckpt
 from pipeline.config import TrainConfig, apply_driver_env
 from pipeline.distributed import distributed_evaluate, epoch_batches, gather_objects, reduce_sums
-from pipeline.engine import build_engine
+from pipeline.engine import build_engine, linear_warmup_schedule
 from pipeline.logs import configure_worker_logging
 from pipeline.progress import EvalProgress, TrainProgress
 from pipeline.setup import build_data, build_model
@@ -117,7 +116,7 @@ class FitRecipe:
                              f"micro batch {cfg.micro_batch_size}; lower batch_size or num_workers.")
         optimizer = torch.optim.AdamW(self.model.parameter_groups(cfg.prompt_lr, cfg.offset_lr, cfg.weight_decay),
                                       eps=1e-6)
-        scheduler = get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.max_steps)
+        scheduler = linear_warmup_schedule(optimizer, cfg.warmup_steps, cfg.max_steps)
         self.engine = build_engine(cfg, self.model, optimizer, scheduler, self.device, self.world)
         checkpoint = ray.train.get_checkpoint()
         if checkpoint:

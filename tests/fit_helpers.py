@@ -119,3 +119,13 @@ def beyond_loopback(seen: dict[str, str]) -> dict[str, str]:
         return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback  # ::ffff:127.0.0.1 is 127.0.0.1
 
     return {addr: who for addr, who in seen.items() if not loopback(addr)}
+
+
+def only_run(uri: str, experiment: str = "adept"):
+    """The one MLflow run of `experiment` in this store (a resumed fit must not open a second one)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert len(runs) == 1, [r.info.run_name for r in runs]
+    return client, runs[0]

@@ -12,12 +12,11 @@ import tempfile
 import torch
 import torch.distributed as dist
 from tiny import tiny_llama, tiny_tokenizer
-from transformers import get_linear_schedule_with_warmup
 
 from adept import AdeptConfig, get_adept_model
 from pipeline import checkpoint as ckpt
 from pipeline.config import TrainConfig
-from pipeline.engine import build_engine
+from pipeline.engine import build_engine, linear_warmup_schedule
 
 use_ds, stage, precision, accum = bool(int(sys.argv[1])), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 os.environ.update(DS_ACCELERATOR="cpu", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
@@ -39,7 +38,7 @@ def engine():
     torch.manual_seed(0)
     model = get_adept_model(tiny_llama(), AdeptConfig(num_virtual_tokens=3, ffn_hidden_size=4, seed=1), tok)
     optimizer = torch.optim.AdamW(model.parameter_groups(cfg.prompt_lr, cfg.offset_lr), eps=1e-6)
-    scheduler = get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.max_steps)
+    scheduler = linear_warmup_schedule(optimizer, cfg.warmup_steps, cfg.max_steps)
     return build_engine(cfg, model, optimizer, scheduler, torch.device("cpu"), world=1)
 
 

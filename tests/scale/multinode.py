@@ -31,6 +31,10 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+# Train's two workers under ZeRO-3, one per node (a lost node then leaves one of them without a place)
+ZERO3_ON_TWO_NODES = ("--num-workers", "2", "--zero-stage", "3", "--set", "placement_strategy=STRICT_SPREAD")
+
+
 class LocalCluster:
     """A head (the job's driver and Ray Train's controller; `head_cpus` CPUs) plus worker nodes added one by one.
 
@@ -144,3 +148,23 @@ def _loopback(host: str) -> bool:
 
 def trainer_state(checkpoint: Path) -> dict:
     return json.loads((checkpoint / "trainer_state.json").read_text())
+
+
+def reproduces_best_score(task, backbone, final) -> None:
+    """The best adapter, reloaded here onto a fresh backbone, scores what the fit reported on validation."""
+    import pytest
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from adept import AdeptModel
+    from pipeline.config import TrainConfig
+    from pipeline.evaluation import EvalConfig, evaluate
+    from pipeline.setup import resolve_task, tokenize_config
+
+    state = trainer_state(final)
+    model = AdeptModel.from_pretrained(AutoModelForCausalLM.from_pretrained(backbone), final / "best_adapter")
+    cfg = TrainConfig(task=str(task), backbone=str(backbone), max_source_length=32, max_target_length=4, r=8,
+                      num_virtual_tokens=4)
+    spec = resolve_task(cfg)
+    result = evaluate(model, AutoTokenizer.from_pretrained(backbone), spec, spec.get_split("validation"),
+                      EvalConfig(tokenize=tokenize_config(cfg, "causal"), eval_mode="rank"))
+    assert result.score == pytest.approx(state["best_score"], abs=1e-6)

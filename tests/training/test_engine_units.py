@@ -8,7 +8,7 @@ from transformers import get_linear_schedule_with_warmup
 from adept import AdeptConfig, get_adept_model
 from pipeline.config import TrainConfig
 from pipeline.distributed import epoch_batches
-from pipeline.engine import DDPTrainEngine, deepspeed_config
+from pipeline.engine import DDPTrainEngine, deepspeed_config, linear_warmup_schedule
 
 
 def test_epoch_batches_are_disjoint_equal_and_seeded():
@@ -20,6 +20,22 @@ def test_epoch_batches_are_disjoint_equal_and_seeded():
     assert shards[1] != epoch_batches(103, epoch=1, rank=1, world=3, micro=4, seed=7)
 
 
+@pytest.mark.parametrize(("warmup", "total"), [(0, 10), (3, 10), (10, 10), (4, 1), (0, 0)])
+def test_the_schedule_is_transformers_linear_warmup(warmup, total):
+    """The recipe's schedule (no transformers.optimization import in the workers) gives transformers' factors."""
+    def lrs(make):
+        optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+        scheduler = make(optimizer, warmup, total)
+        seen = []
+        for _ in range(total + 3):
+            seen.append(scheduler.get_last_lr()[0])
+            optimizer.step()
+            scheduler.step()
+        return seen
+
+    assert lrs(linear_warmup_schedule) == lrs(get_linear_schedule_with_warmup)
+
+
 def test_ddp_engine_accumulates_clips_and_follows_the_schedule():
     cfg = TrainConfig(r=3, num_virtual_tokens=2, grad_accum=2, batch_size=4, warmup_steps=2, max_steps=6,
                       eval_steps=6, prompt_lr=0.3, offset_lr=0.01, deepspeed=False)
@@ -27,7 +43,7 @@ def test_ddp_engine_accumulates_clips_and_follows_the_schedule():
     model = get_adept_model(tiny_llama(), AdeptConfig(num_virtual_tokens=2, ffn_hidden_size=3), tok)
     groups = model.parameter_groups(cfg.prompt_lr, cfg.offset_lr)
     optimizer = torch.optim.AdamW(groups, eps=1e-6)
-    engine = DDPTrainEngine(cfg, model, optimizer, get_linear_schedule_with_warmup(optimizer, 2, 6),
+    engine = DDPTrainEngine(cfg, model, optimizer, linear_warmup_schedule(optimizer, 2, 6),
                             torch.device("cpu"), world=1)
     b = batch(tok, ["good movie", "bad film"])
     b["labels"] = b["input_ids"]

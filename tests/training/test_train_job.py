@@ -6,6 +6,8 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+from fit_helpers import only_run
+from train_jobs import args, checkpoints
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from adept import AdeptModel
@@ -16,25 +18,6 @@ from pipeline.evaluation import EvalConfig, evaluate
 from pipeline.setup import resolve_task, tokenize_config
 
 pytestmark = pytest.mark.slow
-
-
-def args(task, backbone, tmp_path, *extra):
-    return ["--task", str(task), "--backbone", str(backbone), "--m", "4", "--r", "8", "--batch-size", "16",
-            "--prompt-lr", "0.3", "--offset-lr", "0.03", "--storage-path", str(tmp_path / "runs"),
-            "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-            "--set", "warmup_steps=0", "--set", "log_steps=10", "--set", "max_source_length=32",
-            "--set", "max_target_length=4", *extra]
-
-
-def only_run(uri):
-    client = mlflow.MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("adept").experiment_id])
-    assert len(runs) == 1
-    return client, runs[0]
-
-
-def checkpoints(tmp_path, name):
-    return sorted((tmp_path / "runs" / name).glob("step_*"))
 
 
 @pytest.mark.parametrize("stage", [2, 3])
@@ -71,37 +54,6 @@ def test_two_workers_deepspeed_learn_and_best_adapter_reproduces(stage, syntheti
     table = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="predictions/test.json",
                                                                  tracking_uri=client._tracking_client.tracking_uri)).read_text())
     assert set(table["columns"]) == {"source", "reference", "prediction"} and len(table["data"]) == 64
-
-
-def test_injected_failure_resumes_from_last_checkpoint(synthetic_task, tiny_backbone, tmp_path, monkeypatch):
-    monkeypatch.setenv("ADEPT_TEST_FAIL_ONCE_AT_STEP", "25")
-    rc = main(args(synthetic_task, tiny_backbone, tmp_path, "--num-workers", "2", "--zero-stage", "2",
-                   "--max-steps", "40", "--eval-steps", "10", "--name", "failing", "--set", "max_failures=1"))
-    assert rc == 0
-    assert (tmp_path / "runs" / "failing" / ".failure-injected-at-25").exists()
-    state = json.loads((checkpoints(tmp_path, "failing")[-1] / "trainer_state.json").read_text())
-    assert state["step"] == 40
-    assert [h["step"] for h in state["history"]] == [10, 20, 30, 40]  # never restarted from step 0
-    assert state["resumed_at"] == [20]
-    _, run = only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert run.info.status == "FINISHED"
-
-
-def test_rerunning_a_finished_name_changes_nothing(synthetic_task, tiny_backbone, tmp_path):
-    common = args(synthetic_task, tiny_backbone, tmp_path, "--num-workers", "1", "--no-deepspeed",
-                  "--max-steps", "20", "--eval-steps", "10", "--name", "again")
-    assert main(common) == 0
-
-    def snapshot():
-        root = tmp_path / "runs" / "again"
-        return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("step_*/**/*") if p.is_file()}
-
-    first = snapshot()
-    assert json.loads(first["step_00000020_final/trainer_state.json"])["finished"]
-    assert main(common) == 0  # resumes from the final checkpoint, sees it finished, writes nothing
-    assert snapshot() == first
-    _, run = only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")  # the same MLflow run, not a second one
-    assert run.info.status == "FINISHED"
 
 
 def test_real_mlflow_server(synthetic_task, tiny_backbone, tmp_path, mlflow_server):
