@@ -69,6 +69,10 @@ class TrainConfig:
     deepspeed: bool = True
     zero_stage: int = 2
     offload: bool = False
+    # ZeRO-3: backbone elements a worker may hold gathered at once, and how far ahead a gathered weight is kept for
+    # reuse. DeepSpeed's default (1e9 each) keeps a backbone of up to 1e9 parameters whole on every worker from its
+    # forward use to its backward use, which undoes the partitioning of a ~1B backbone; 1e8 re-gathers instead.
+    zero3_live_params: int = 100_000_000
     precision: str = "fp32"
     placement_strategy: str = "PACK"  # of the workers on Ray nodes: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
     # bookkeeping
@@ -105,6 +109,9 @@ class TrainConfig:
             raise ValueError(f"ffn_dropout={self.ffn_dropout!r} must be < 1.")
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage={self.zero_stage!r}: DeepSpeed ZeRO stages are 0, 1, 2, 3.")
+        if not (isinstance(self.zero3_live_params, int) and self.zero3_live_params >= 0):
+            raise ValueError(f"zero3_live_params={self.zero3_live_params!r} must be an integer >= 0 (elements; "
+                             "DeepSpeed's own default is 1000000000).")
         if self.offload and (not self.deepspeed or self.zero_stage == 0):
             raise ValueError("offload=true needs deepspeed=true and zero_stage >= 1.")
         if self.deepspeed and self.zero_stage == 3 and self.dtype != {"bf16": "bfloat16", "fp16": "float16"}.get(

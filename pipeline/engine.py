@@ -47,6 +47,8 @@ def deepspeed_config(cfg: TrainConfig) -> dict:
         zero["offload_optimizer"] = {"device": "cpu"}
     if cfg.zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
+        zero["stage3_max_live_parameters"] = cfg.zero3_live_params
+        zero["stage3_max_reuse_distance"] = cfg.zero3_live_params
     return {
         "train_batch_size": cfg.batch_size,
         "train_micro_batch_size_per_gpu": cfg.micro_batch_size,

@@ -17,6 +17,7 @@ pytestmark = pytest.mark.usefixtures("no_ray")
         (["--budget", "4", "--m", "4"], "impossible budget"),
         (["--set", "precision=fp16"], "fp16"),
         (["--zero-stage", "5"], "zero_stage"),
+        (["--set", "zero3_live_params=-1"], "zero3_live_params=-1 must be an integer >= 0"),
         (["--eval-steps", "50", "--max-steps", "10"], "never evaluate"),
         (["--method", "prompt", "--r", "8"], "method='prompt' has no r"),
         (["--set", "eval_mode=beam"], "eval_mode"),

@@ -67,3 +67,6 @@ def test_deepspeed_config_follows_the_run_config(stage, offload, precision):
     assert ds["zero_optimization"]["stage"] == stage and ds["gradient_clipping"] == 1.0
     assert ("offload_optimizer" in ds["zero_optimization"]) == offload
     assert ds["bf16"]["enabled"] == (precision == "bf16") and not ds["fp16"]["enabled"]
+    # ZeRO-3 keeps at most zero3_live_params elements gathered (DeepSpeed's 1e9 would keep a 1B backbone whole)
+    live = {k: ds["zero_optimization"].get(k) for k in ("stage3_max_live_parameters", "stage3_max_reuse_distance")}
+    assert live == ({k: cfg.zero3_live_params for k in live} if stage == 3 else {k: None for k in live})
