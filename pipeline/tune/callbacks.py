@@ -96,20 +96,22 @@ class SweepProgress(Callback):
         self._maybe_print(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._print(trials)
+        self._print(trials, ended=trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._print(trials)
+        self._print(trials, ended=trial)
 
     def _maybe_print(self, trials) -> None:
         if time.monotonic() - self.last >= self.every_s:
             self._print(trials)
 
-    def _print(self, trials) -> None:
+    def _print(self, trials, ended=None) -> None:
+        """`ended`: the trial whose end is being reported (Tune calls back before it updates its status: without
+        it the line would repeat the previous one, the ended trial still counted as running)."""
         self.last = time.monotonic()
         elapsed = self.last - self.t0
-        finished = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
-        running = sum(t.status == "RUNNING" for t in trials)
+        finished = [t for t in trials if t.status in ("TERMINATED", "ERROR") or t is ended]
+        running = sum(t.status == "RUNNING" and t is not ended for t in trials)
         done_steps = sum(self.steps.values())
         remaining = sum(self.max_steps - self.steps.get(t.trial_id, 0) for t in trials if t not in finished)
         remaining += self.max_steps * max(0, self.total - len(trials))

@@ -1,5 +1,7 @@
 """Progress lines: step/total, percent, elapsed and ETA from the training pace (evaluation time left out)."""
 
+import logging
+
 import pytest
 
 from pipeline.progress import EvalProgress, TrainProgress, clock
@@ -41,3 +43,20 @@ def test_evaluation_reports_start_progress_and_end_only_on_long_splits():
     assert lines == ["validation: 1000 rows ...",
                      "validation: 400/1000 rows (40%) · 0:20 elapsed · ETA 0:30",
                      "validation done in 0:50: accuracy 81.00"]
+
+
+def test_sweep_progress_counts_a_trial_that_ends_as_done(caplog):
+    """Tune reports a trial's end before it changes the trial's status: the line must count it as done, not
+    repeat the previous line with the ended trial still running."""
+    from types import SimpleNamespace
+
+    from pipeline.tune.callbacks import SweepProgress
+
+    trials = [SimpleNamespace(trial_id=f"abc_0000{i}", status="RUNNING") for i in range(2)]
+    progress = SweepProgress("demo", total_trials=3, max_steps=60, metric="val_accuracy", every_s=0.0)
+    with caplog.at_level(logging.INFO, logger="adept"):
+        progress.on_trial_result(1, trials, trials[0], {"step": 20, "val_accuracy": 70.0})
+        progress.on_trial_complete(1, trials, trials[0])  # stopped by ASHA: status still RUNNING here
+    first, second = (r.getMessage() for r in caplog.records if "sweep demo" in r.getMessage())
+    assert "0/3 trials done, 2 running · best val_accuracy 70.00 (t00)" in first
+    assert "1/3 trials done, 1 running" in second
