@@ -33,12 +33,15 @@ MEMORY_RUNS = {"1 worker": ["--num-workers", "1"], "2 workers": ["--num-workers"
                "2 workers + offload": ["--num-workers", "2", "--set", "offload=true"]}
 
 
-def memory_rows(backbone: str = "random:llama-1b", steps: int = 2, precision: str = "fp32", log=print) -> list[dict]:
+def memory_rows(backbone: str = "random:llama-1b", steps: int = 2, precision: str = "fp32", log=print,
+                runs: list[str] | None = None) -> list[dict]:
     """fp32 by default: CPUs without AVX-512 BF16 (this project's 2-core machines) run bf16 matmuls ~12× slower."""
     from mlflow import MlflowClient
 
     rows = []
     for label, extra in MEMORY_RUNS.items():
+        if runs and label not in runs:
+            continue
         with tempfile.TemporaryDirectory() as tmp:
             uri = f"sqlite:///{tmp}/mlflow.db"
             cmd = [sys.executable, str(ROOT / "jobs" / "train_adept.py"), "--task", "movie-sentiment",
@@ -64,11 +67,15 @@ def memory_rows(backbone: str = "random:llama-1b", steps: int = 2, precision: st
                          "precision": precision,
                          "peak_rss_mib": [m[f"perf/peak_rss_mib_r{k}"] for k in range(workers)],
                          "added_mib": added, "added_mib_per_worker": max(added), "wall_s": round(wall, 1),
+                         "params_held_mib": [m[f"perf/params_held_mib_r{k}"] for k in range(workers)],
                          "step_s": m.get("perf/step_s"), "val_accuracy": m.get("val/accuracy")})
-            log(f"[scale] {label}: +{max(added):.0f} MiB per worker (peak {rows[-1]['peak_rss_mib']}), {wall:.0f} s")
-    one = rows[0]["added_mib_per_worker"]
-    for row in rows:
-        row["ratio_vs_1_worker"] = round(row["added_mib_per_worker"] / one, 3)
+            log(f"[scale] {label}: +{max(added):.0f} MiB per worker (peak {rows[-1]['peak_rss_mib']}), parameters held "
+                f"{[round(v) for v in rows[-1]['params_held_mib']]} MiB, {wall:.0f} s")
+    if rows and rows[0]["workers"] == 1:
+        one, held = rows[0]["added_mib_per_worker"], max(rows[0]["params_held_mib"])
+        for row in rows:  # per-worker peak memory added by model + data, and the parameter part alone
+            row["ratio_vs_1_worker"] = round(row["added_mib_per_worker"] / one, 3)
+            row["params_ratio_vs_1_worker"] = round(max(row["params_held_mib"]) / held, 3)
     return rows
 
 
@@ -136,6 +143,7 @@ def main(argv=None) -> int:
     p.add_argument("--bf16-backbone", default="smollm2-135m", help="bf16 rows: smollm2-135m (if cached) or tiny")
     p.add_argument("--rounds", type=int, default=7, help="bf16 rows: interleaved rounds")
     p.add_argument("--steps", type=int, default=2, help="memory rows: training steps per fit")
+    p.add_argument("--runs", default=",".join(MEMORY_RUNS), help=f"memory rows, comma-separated: {', '.join(MEMORY_RUNS)}")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scale.json")
     args = p.parse_args(argv)
     import torch
@@ -145,7 +153,7 @@ def main(argv=None) -> int:
     if args.part in ("bf16", "both"):
         rows += bf16_rows(args.bf16_backbone, rounds=args.rounds)
     if args.part in ("memory", "both"):
-        rows += memory_rows(steps=args.steps)
+        rows += memory_rows(steps=args.steps, runs=args.runs.split(","))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"rows": rows, "command": " ".join(["python", *sys.argv]),
                                     "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1) + "\n")

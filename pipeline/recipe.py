@@ -243,10 +243,12 @@ class FitRecipe:
         if self.rank == 0:
             log.info(f"[adept] done: best validation {self.data.task.primary_metric} {state.best_score} at step "
                      f"{state.best_step}; test {result.metrics}")
-        memory = gather_objects((self.rss_before_model, _peak_rss_mib()))  # per rank: MiB before setup, peak
+        # per rank: MiB before setup, peak, and the parameters it holds (its ZeRO-3 partition, else all of them)
+        memory = gather_objects((self.rss_before_model, _peak_rss_mib(), _held_param_mib(self.engine.module)))
         self.logger.metrics({**{f"perf/{k}_s": v for k, v in self.seconds.items()},
                              **{f"perf/rss_before_model_mib_r{k}": m[0] for k, m in enumerate(memory)},
-                             **{f"perf/peak_rss_mib_r{k}": m[1] for k, m in enumerate(memory)}}, step=state.step)
+                             **{f"perf/peak_rss_mib_r{k}": m[1] for k, m in enumerate(memory)},
+                             **{f"perf/params_held_mib_r{k}": m[2] for k, m in enumerate(memory)}}, step=state.step)
         if self.rank == 0:
             log.info("[adept] time: " + " · ".join(f"{k} {v:.0f} s" for k, v in self.seconds.items()))
         unsent = self.logger.close()  # before the final report, so the driver learns what MLflow lacks
@@ -352,6 +354,16 @@ def _peak_rss_mib() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _held_param_mib(module: torch.nn.Module) -> float:
+    """Parameter bytes this process holds between steps: what is materialised (under ZeRO-3 only persistent
+    small parameters stay gathered; released ones are empty) plus, under ZeRO-3, its partition (`ds_tensor`)."""
+    held = 0
+    for p in module.parameters():
+        partition = getattr(p, "ds_tensor", None)
+        held += (p.data.numel() + (partition.numel() if partition is not None else 0)) * p.element_size()
+    return held / 2**20
 
 
 def _journal_folder(cfg: TrainConfig) -> Path:

@@ -70,3 +70,14 @@ def test_deepspeed_config_follows_the_run_config(stage, offload, precision):
     # ZeRO-3 keeps at most zero3_live_params elements gathered (DeepSpeed's 1e9 would keep a 1B backbone whole)
     live = {k: ds["zero_optimization"].get(k) for k in ("stage3_max_live_parameters", "stage3_max_reuse_distance")}
     assert live == ({k: cfg.zero3_live_params for k in live} if stage == 3 else {k: None for k in live})
+
+
+def test_held_parameter_memory_counts_partitions_not_released_weights():
+    from pipeline.recipe import _held_param_mib
+
+    layer = torch.nn.Linear(512, 256)  # 512*256 + 256 float32 = 0.50098 MiB
+    assert _held_param_mib(layer) == pytest.approx((512 * 256 + 256) * 4 / 2**20)
+    # as under ZeRO-3 on 2 workers: the weight released (empty), half of it held as this rank's partition
+    layer.weight.ds_tensor = torch.empty(512 * 256 // 2)
+    layer.weight.data = torch.empty(0)
+    assert _held_param_mib(layer) == pytest.approx((512 * 256 // 2 + 256) * 4 / 2**20)
