@@ -18,6 +18,7 @@ from adept.config import budget_rank
 from pipeline.backbone_info import BackboneInfo
 from pipeline.config import TrainConfig, driver_env
 from pipeline.data import fixed_length
+from pipeline.logs import train_log_level
 from pipeline.tracking.store import TrackingOutage
 
 
@@ -146,7 +147,7 @@ def cpus_per_worker(cfg: TrainConfig) -> int:
 def make_trainer(run: PreparedRun, mlflow_run_id: str | None, callbacks: list | None = None,
                  worker_cpus: int | None = None):
     """The TorchTrainer of one fit; `worker_cpus` overrides `cpus_per_worker` (sweeps running trials side by side)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from pipeline.ray_setup import torch_config
@@ -168,6 +169,9 @@ def make_trainer(run: PreparedRun, mlflow_run_id: str | None, callbacks: list | 
             failure_config=FailureConfig(max_failures=cfg.max_failures, controller_failure_limit=0),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.num_checkpoints_to_keep),
             callbacks=callbacks or [],
+            # Ray Train's controller announces each resource request and worker group at INFO: the job's own
+            # lines say what matters; --log-level debug shows them again.
+            logging_config=LoggingConfig(log_level=train_log_level()),
         ),
     )
 

@@ -29,6 +29,12 @@ def level_from_args(args) -> str:
     return "warning" if getattr(args, "quiet", False) else (getattr(args, "log_level", None) or "info")
 
 
+def train_log_level() -> str:
+    """Ray Train's own level (its RunConfig LoggingConfig, used in the controller and the workers): its
+    warnings and errors, everything only at --log-level debug."""
+    return "DEBUG" if os.environ.get(LEVEL_ENV, "info") == "debug" else "WARNING"
+
+
 def configure(level: str = "info") -> None:
     """The driver: `[adept]` lines to stdout at `level`; libraries quieter; each distinct warning once."""
     os.environ[LEVEL_ENV] = level
@@ -71,7 +77,7 @@ def _quiet_libraries(level: str) -> None:
     # Ray Train's workers announce every report and checkpoint at INFO (the metrics dict in full); the report
     # line comes from a logger named by its file's path, not by its module.
     train_level = logging.DEBUG if level == "debug" else logging.WARNING
-    logging.getLogger("ray.train").setLevel(train_level)
+    logging.getLogger("ray.train").setLevel(train_level)  # and train_log_level() in Ray Train's RunConfig
     for path in _ray_train_file_loggers():
         logging.getLogger(path).setLevel(train_level)
     if level != "debug":

@@ -34,6 +34,9 @@ def test_make_trainer_passes_the_placement_strategy_to_ray_train(monkeypatch):
     assert trainer.scaling_config.num_workers == 2 and trainer.scaling_config.resources_per_worker == {"CPU": 1}
     assert os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] == "20.0"  # node_wait_s: how long a lost node's
     # workers wait for room before the fit fails
+    assert trainer.run_config.logging_config.log_level == "WARNING"  # Ray Train's INFO lines only at debug
+    monkeypatch.setenv("ADEPT_LOG_LEVEL", "debug")
+    assert make_trainer(run, None, worker_cpus=1).run_config.logging_config.log_level == "DEBUG"
 
 
 def test_no_capacity_within_node_wait_s_is_explained(monkeypatch):

@@ -55,6 +55,8 @@ def test_the_job_output_reads_well(sweep):
     assert "_trial_driver" not in out
     # neither Ray Train's per-report dump of the metrics dict nor MLflow's artifact progress bars
     assert "Reporting training result" not in out and "Downloading artifacts" not in out
+    # nor Ray Train's controller announcing every resource request and worker group (its INFO lines)
+    assert "Attempting to start training worker group" not in out and "Requesting resources" not in out
     # each warning line at most once (Ray collapses identical lines of its workers: "[repeated 2x ...]")
     warnings = Counter(RAY_PREFIX.sub("", line).strip() for line in out.splitlines()
                        if "Warning" in line or "WARNING" in line)
