@@ -25,9 +25,10 @@ demo: install
 	$(BIN)/python jobs/tune_adept.py
 
 # Three test files at a time: the suite mostly waits on Ray, Train and MLflow processes (a serial run used 31 CPU-min
-# in 57 min); --dist loadfile keeps each file's module fixtures (an MLflow server, a sweep) on one worker.
+# in 57 min); --dist loadfile keeps each file's module fixtures (an MLflow server, a sweep) on one worker, and
+# --no-loadscope-reorder hands files out longest first (tests/conftest.py) instead of most-tests first.
 test: install
-	@status=0; $(BIN)/python -m pytest -q -n 3 --dist loadfile --durations=30 || status=$$?; \
+	@status=0; $(BIN)/python -m pytest -q -n 3 --dist loadfile --no-loadscope-reorder --durations=30 || status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests (exit 5): failing" >&2; fi; exit $$status
 
 test-fast: install

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -155,7 +156,8 @@ def main(argv=None) -> int:
     if args.part in ("memory", "both"):
         rows += memory_rows(steps=args.steps, runs=args.runs.split(","))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"rows": rows, "command": " ".join(["python", *sys.argv]),
+    env = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}  # glibc's allocator settings, if any
+    args.out.write_text(json.dumps({"rows": rows, "command": " ".join(["python", *sys.argv]), "env": env,
                                     "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1) + "\n")
     print(json.dumps(rows, indent=1))
     return 0

@@ -84,7 +84,10 @@ def _quiet_libraries(level: str) -> None:
         warnings.simplefilter("once")  # each distinct warning once per process, not once per call site
         # Libraries' deprecation notices (SQLAlchemy in MLflow, pandas 4, torch.distributed renames) say
         # nothing a user of the job can act on, and every Ray worker process would print its own copy.
-        for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+        # ResourceWarning and ImportWarning stay hidden as in Python's own defaults ("once" would show them:
+        # an unclosed file or a still-running subprocess at exit of a library's process is not the user's to fix).
+        for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning, ResourceWarning,
+                         ImportWarning):
             warnings.filterwarnings("ignore", category=category)
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")

@@ -25,12 +25,32 @@ for key, value in {
 from mlflow_server import MlflowServer  # noqa: E402
 from synthetic import write_backbone, write_task  # noqa: E402
 
+# Seconds per file in a 3-worker run of the suite (2026-12-02, this project's 2-core machine, `--durations`): the
+# longest files start first, so a parallel run does not end on one long file while the other workers idle.
+MEASURED_S = {
+    "tests/sweeps/test_ray_job_submit.py": 540, "tests/scale/test_node_capacity.py": 414,
+    "tests/scale/test_multinode_sweep.py": 369, "tests/faults/test_tracking_outage.py": 355,
+    "tests/ux/test_sweep_experience.py": 349, "tests/faults/test_worker_kill.py": 344,
+    "tests/benchmarks/test_benchmark_smoke.py": 341, "tests/training/test_train_resume.py": 339,
+    "tests/training/test_train_job.py": 333, "tests/faults/test_tracking_outage_budget.py": 265,
+    "tests/sweeps/test_tune_sweep.py": 250, "tests/training/test_examples.py": 246,
+    "tests/scale/test_multinode_fit.py": 217, "tests/scale/test_node_loss.py": 196, "tests/scale/test_bf16.py": 190,
+    "tests/benchmarks/test_benchmark_fit_item.py": 158, "tests/faults/test_divergence.py": 104,
+    "tests/scale/test_zero3_equality.py": 91,
+}
+
 
 def pytest_collection_modifyitems(config, items):
-    """Files with `slow` tests first (a stable sort, files stay together), so a run reaches its long tests early.
-    (pytest-xdist's file scheduling does not follow this order: seen in a 3-worker run.)"""
+    """Longest files first (MEASURED_S; other files with `slow` tests next), a stable sort that keeps each file's
+    tests together. `make test` runs pytest-xdist with --dist loadfile --no-loadscope-reorder, which hands files
+    out in this order (xdist's default reorder would start the files with the most tests, i.e. the fast ones)."""
     slow_files = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow_files)
+
+    def weight(item) -> float:
+        path = item.nodeid.split("::")[0]
+        return MEASURED_S.get(path, 60 if path in slow_files else 0)
+
+    items.sort(key=lambda item: -weight(item))
 
 
 @pytest.fixture(scope="session")

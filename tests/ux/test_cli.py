@@ -48,3 +48,19 @@ def test_quiet_means_warning():
     assert logs.level_from_args(parser.parse_args(["--quiet"])) == "warning"
     assert logs.level_from_args(parser.parse_args(["--log-level", "error"])) == "error"
     assert logs.level_from_args(parser.parse_args([])) == "info"
+
+
+def test_each_warning_once_and_resource_warnings_hidden(monkeypatch):
+    """'once' for the job's warnings must not switch on what Python hides by default (ResourceWarning: a
+    library's unclosed file or still-running subprocess, seen 5 times in a sweep's output)."""
+    import warnings
+
+    from pipeline import logs
+
+    monkeypatch.delenv(logs.LEVEL_ENV, raising=False)
+    with warnings.catch_warnings(record=True) as seen:
+        logs.configure("info")
+        for _ in range(3):
+            warnings.warn("unclosed file <_io.TextIOWrapper>", ResourceWarning, stacklevel=1)
+            warnings.warn("the job's own warning", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in seen] == ["the job's own warning"]
