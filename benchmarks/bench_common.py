@@ -36,7 +36,7 @@ METHODS = ("adept", "dept", "prompt")
 
 def smollm2_cached() -> bool:
     """True when the converted SmolLM2 folder is in the cache (nothing is downloaded to find out)."""
-    from pipeline.backbones import MARKER, cache_root
+    from pipeline.core.backbones import MARKER, cache_root
 
     folder = cache_root() / "models" / SMOLLM2
     return (folder / MARKER).is_file() and (folder / "config.json").is_file()
@@ -54,7 +54,7 @@ def load_backbone(name: str, device: str = "cpu", dtype: str = "float32") -> tor
     elif name == SMOLLM2:
         from transformers.utils import logging as hf_logging
 
-        from pipeline.backbones import load_backbone as load
+        from pipeline.core.backbones import load_backbone as load
 
         hf_logging.disable_progress_bar()
 

@@ -1,6 +1,6 @@
 """Issue 14: time the two fast paths against the paths they replace. A script, not part of `run.py`.
 
-rank   rank-classification evaluation (`pipeline.evaluation.score_candidates`, one pass: each source once)
+rank   rank-classification evaluation (`pipeline.core.evaluation.score_candidates`, one pass: each source once)
        vs `score_candidates_reference` (one row per source × label), movie-sentiment-like: 2 labels
        ("positive" / "negative" + EOS), sources of ~40 tokens, 128 sources, batch_size 32. The reference
        is timed at batch_size 32 (its meaning: 32 rows = 16 examples per forward) and at 64 rows (the same
@@ -28,8 +28,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/tiny.py: the tiny models
 
 from adept import AdeptConfig, get_adept_model  # noqa: E402
-from pipeline.data import TokenizeConfig  # noqa: E402
-from pipeline.evaluation import EvalConfig, score_candidates, score_candidates_reference  # noqa: E402
+from pipeline.core.data import TokenizeConfig  # noqa: E402
+from pipeline.core.evaluation import EvalConfig, score_candidates, score_candidates_reference  # noqa: E402
 
 LABELS = ["positive", "negative"]
 
@@ -126,7 +126,7 @@ def main() -> None:
     rows.append(bench_rank("bench tiny (d=768, V=4096) + ADePT m=60", _adept(wide), tok, WORDS, args.reps))
     rows.append(bench_train("tiny-llama (d=64, V=32000)", tiny_llama(hidden_size=64, vocab_size=32000), args.reps))
     if bc.smollm2_cached():
-        from pipeline.backbones import load_backbone
+        from pipeline.core.backbones import load_backbone
 
         smol, smol_tok, _ = load_backbone(bc.SMOLLM2)
         smol.eval().requires_grad_(False)

@@ -27,7 +27,7 @@ DEFAULT_CONFIG = ROOT / "configs" / "demo.yaml"  # the demo's base settings (its
 def run(config: Path, steps: int, log_steps: int, eval_rows: int = 16, device: str = "cpu", log=print) -> list[dict]:
     from mlflow import MlflowClient
 
-    from pipeline.config import TrainConfig
+    from pipeline.core.config import TrainConfig
 
     if steps < 2 * log_steps:
         raise ValueError(f"steps={steps} gives fewer than 2 throughput windows of log_steps={log_steps}")

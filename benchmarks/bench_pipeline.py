@@ -3,7 +3,7 @@
 A `TrainWork` is plain data (backbone name, method, batch size, input length, steps, seed), so any runner
 rebuilds the identical model and the identical batches from it (`build_model`, `build_batches`).
 A runner is a function `TrainWork -> RunnerResult`; `RUNNERS` maps its name to it. Each step does the
-work of the pipeline's training step (`pipeline.engine.DDPTrainEngine.train_micro_batch`, 1 worker, no
+work of the pipeline's training step (`pipeline.worker.engine.DDPTrainEngine.train_micro_batch`, 1 worker, no
 accumulation): forward (`loss_only=True`), backward, clip the global grad norm to 1.0, AdamW step over the
 two groups, linear warm-up schedule step, zero grads, `loss.item()`.
 

@@ -4,7 +4,7 @@
     python benchmarks/gpu_check.py --steps 10 --out benchmarks/results/gpu-check.json
 
 For each backbone (random-init aliases: nothing is downloaded) it trains ADePT, DePT and prompt tuning at
-the same budget through the pipeline's own engines (`pipeline.engine`, DeepSpeed, bf16, one process:
+the same budget through the pipeline's own engines (`pipeline.worker.engine`, DeepSpeed, bf16, one process:
 ZeRO-2 and ZeRO-3), then times inference with ADePT on the fly and folded. It prints one table: tokens/s,
 the step ratio against prompt tuning (same backbone, same ZeRO stage), peak GPU memory
 (`torch.cuda.max_memory_allocated`), and the folded / on-the-fly / backbone+m latency ratios.
@@ -81,7 +81,7 @@ def _init_process_group(device) -> None:
 
 
 def _config(backbone: str, method: str, sizes: dict, stage: int, length: int, batch: int, gpu: bool = True):
-    from pipeline.config import TrainConfig
+    from pipeline.core.config import TrainConfig
 
     return TrainConfig(method=method, backbone=backbone, dtype="bfloat16" if stage == 3 else "float32",
                        precision="bf16", deepspeed=True, zero_stage=stage, batch_size=batch, use_gpu=gpu,
@@ -106,16 +106,16 @@ def train_row(backbone, method, sizes, stage, length, args, device) -> dict:
     import torch
     from transformers import get_linear_schedule_with_warmup
 
-    from pipeline.engine import build_engine
-    from pipeline.launch import adapter_size
-    from pipeline.setup import build_model
+    from pipeline.driver.launch import adapter_size
+    from pipeline.worker.engine import build_engine
+    from pipeline.worker.setup import build_model
 
     cfg = _config(backbone, method, sizes, stage, length, args.batch, gpu=device.type == "cuda")
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    from pipeline.backbone_info import inspect_backbone
-    from pipeline.backbones import resolve_backbone
+    from pipeline.core.backbone_info import inspect_backbone
+    from pipeline.core.backbones import resolve_backbone
 
     info = inspect_backbone(resolve_backbone(backbone))
     r, params = adapter_size(cfg, info.hidden_size, info.kind)
@@ -147,8 +147,8 @@ def infer_rows(backbone, length, args, device) -> list[dict]:
     import torch
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-    from pipeline.backbones import load_backbone
-    from pipeline.setup import adept_config
+    from pipeline.core.backbones import load_backbone
+    from pipeline.core.resolve import adept_config
 
     unset_hf_deepspeed_config()  # the ZeRO-3 rows' config would make transformers build this one partitioned
     gc.collect()

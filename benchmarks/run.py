@@ -109,7 +109,7 @@ def plan(args: argparse.Namespace, notes: list[str]) -> list[tuple[str, list[int
     out = []
     for name in args.backbones:
         if name == bc.SMOLLM2 and not bc.smollm2_cached():
-            notes.append("smollm2-135m is not in the cache (python -m pipeline.backbones smollm2-135m makes it); "
+            notes.append("smollm2-135m is not in the cache (python -m pipeline.core.backbones smollm2-135m makes it); "
                          "skipped, nothing was downloaded.")
             continue
         lengths = args.lengths

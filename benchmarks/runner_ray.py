@@ -1,7 +1,7 @@
 """Item 3 runners: the bare loop's `TrainWork`, run by the pipeline's own pieces inside Ray Train.
 
-    ray1        TorchTrainer, 1 worker, `pipeline.engine.DDPTrainEngine` (what `deepspeed: false` runs)
-    ray_zero2   TorchTrainer, 1 worker, `pipeline.engine.DeepSpeedTrainEngine`, ZeRO stage 2
+    ray1        TorchTrainer, 1 worker, `pipeline.worker.engine.DDPTrainEngine` (what `deepspeed: false` runs)
+    ray_zero2   TorchTrainer, 1 worker, `pipeline.worker.engine.DeepSpeedTrainEngine`, ZeRO stage 2
 
 The worker rebuilds the identical model, optimizer, scheduler and batches (`bench_pipeline.build_model`,
 `build_batches`), wraps them in the pipeline's engine, and times each `engine.train_micro_batch` around
@@ -28,8 +28,8 @@ REPO = BENCH_DIR.parent
 def _worker(loop_config: dict) -> None:
     import ray.train
 
-    from pipeline.config import TrainConfig
-    from pipeline.engine import build_engine
+    from pipeline.core.config import TrainConfig
+    from pipeline.worker.engine import build_engine
 
     torch.set_num_threads(loop_config["threads"])
     work = bp.TrainWork(**loop_config["work"])
@@ -68,7 +68,7 @@ def _run_in_ray_train(work: bp.TrainWork, deepspeed: bool, name: str, label: str
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import ray
 
-    from pipeline.ray_setup import init_ray
+    from pipeline.driver.ray_setup import init_ray
 
     cluster_started = not ray.is_initialized()  # the first Ray runner of a run also pays for the local cluster
     init_ray(num_workers=1)

@@ -8,7 +8,7 @@
 Inputs: CSV or JSONL with the task's input columns (movie-sentiment: `text`; a custom task: its
 `input_columns`) or a `source` column with the formatted model input. Output: the input rows plus a
 `prediction` column (label string, or the generated answer), to --output (.csv / .jsonl) or stdout.
-Load options (pipeline/serving.py): --folded, --backbone (another copy of the backbone, e.g. when the recorded
+Load options (pipeline/serving/config.py): --folded, --backbone (another copy of the backbone, e.g. when the recorded
 folder moved; fingerprint-checked), --batch-size, --max-new-tokens, --device, or any of them as
 --option key=value; an unknown option is an error listing them (exit 2).
 """
@@ -53,9 +53,9 @@ def write_outputs(frame, path: Path | None) -> None:
 
 
 def load_options(args) -> dict:
-    """The load options given on the command line (pipeline.serving.LOAD_OPTIONS), validated."""
-    from pipeline.config import parse_override
-    from pipeline.serving import check_options
+    """The load options given on the command line (pipeline.serving.config.LOAD_OPTIONS), validated."""
+    from pipeline.core.config import parse_override
+    from pipeline.serving.config import check_options
 
     for item in args.option:
         if "=" not in item or not item.partition("=")[0].strip():
@@ -90,8 +90,8 @@ def load_model(args, options: dict):
 
 def load_adapter_folder(adapter: Path, args, options: dict):
     from adept.io import find_adapter_files
-    from pipeline.adept_pyfunc import AdeptPyfunc
-    from pipeline.serving import ServingConfig
+    from pipeline.serving.config import ServingConfig
+    from pipeline.serving.pyfunc import AdeptPyfunc
 
     files = find_adapter_files(adapter)  # refuses anything that is not an adapter folder, with the reason
     if not args.task:

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     cli.start(args)
 
     try:
-        from pipeline.registry import CHAMPION, best_of_sweep, candidate_from_run, register
+        from pipeline.serving.registry import CHAMPION, best_of_sweep, candidate_from_run, register
         from pipeline.tracking import check_tracking_server, default_tracking_uri
 
         uri = args.mlflow_uri or default_tracking_uri()

@@ -4,7 +4,7 @@
     python jobs/train_adept.py --config configs/t5_base_rte.yaml --set prompt_lr=4e-1 --num-workers 4 --use-gpu
     ray job submit --address http://HEAD:8265 --working-dir . -- python jobs/train_adept.py --config configs/llama2_7b_zero3.yaml
 
-Every TrainConfig key (pipeline/config.py) is a YAML key and a `--set key=value`; the common ones also have
+Every TrainConfig key (pipeline/core/config.py) is a YAML key and a `--set key=value`; the common ones also have
 flags (a key given both ways is an error). Re-running with the same --name (and storage path) resumes from the
 latest good checkpoint; a finished run is left as it is.
 """
@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None = None):
 
 
 def load_config(args):
-    from pipeline.config import TrainConfig
+    from pipeline.core.config import TrainConfig
 
     if args.m is not None and args.num_virtual_tokens is not None:
         raise ValueError("num_virtual_tokens: given as --m and --num-virtual-tokens; keep one.")
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cli.start(args)
     try:
-        from pipeline.launch import fit, prepare
+        from pipeline.driver.launch import fit, prepare
 
         run = prepare(load_config(args))  # every check before Ray starts
     except cli.user_errors() as err:
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
           f"m={cfg.num_virtual_tokens} r={run.r} -> {run.trainable_params:,} trainable params; "
           f"{cfg.num_workers} worker(s), {'DeepSpeed ZeRO-' + str(cfg.zero_stage) if cfg.deepspeed else 'DDP'}, "
           f"{cfg.precision}; run {cfg.run_name!r} in {cfg.storage_path}")
-    from pipeline.launch import tracking_error
+    from pipeline.driver.launch import tracking_error
     from pipeline.tracking import TrackingOutage
 
     try:
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def report_failure(run, err: BaseException) -> int:
     """The fit failed after Ray started: say why in one line, and how to continue from the last checkpoint."""
-    from pipeline.launch import failure_cause
+    from pipeline.driver.launch import failure_cause
 
     cfg = run.config
     print(f"error: the fit failed: {failure_cause(err, cfg)}", file=sys.stderr)

@@ -6,7 +6,7 @@
     python jobs/tune_adept.py --config my.yaml --set max_steps=2000 --sweep-set num_samples=16 --search optuna
     ray job submit --address http://HEAD:8265 --working-dir . -- python jobs/tune_adept.py --config my.yaml
 
-A config YAML holds TrainConfig keys (pipeline/config.py) and a `sweep:` section (pipeline/tune/config.py
+A config YAML holds TrainConfig keys (pipeline/core/config.py) and a `sweep:` section (pipeline/driver/tune/config.py
 SweepConfig: name, space, num_samples, scheduler, search, ...). Without a `sweep:` section the paper's
 learning-rate grid (configs/paper_grid.yaml) is searched. Re-running the same sweep name resumes it. The job
 prints progress while it runs and ends with the best trials (a per-method table when the space holds
@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None):
 
 
 def load_config(args):
-    from pipeline.tune import load_sweep
+    from pipeline.driver.tune import load_sweep
 
     return load_sweep(args.config, args.set, args.sweep_set, cli.flag_values(args, CONFIG_FLAGS, args.set),
                       cli.flag_values(args, SWEEP_FLAGS, args.sweep_set))
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cli.start(args)
     try:
-        from pipeline.tune import format_report, prepare_sweep, run_sweep
+        from pipeline.driver.tune import format_report, prepare_sweep, run_sweep
 
         cfg, sweep = load_config(args)
         if args.print_config:

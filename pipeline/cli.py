@@ -10,8 +10,8 @@ import argparse
 import logging
 import sys
 
-from pipeline.logs import add_arguments, configure, level_from_args
-from pipeline.ray_setup import use_loopback
+from pipeline.core.logs import add_arguments, configure, level_from_args
+from pipeline.driver.ray_setup import use_loopback
 
 USER_ERROR = 2
 
@@ -23,7 +23,7 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
 
 
 def logger() -> logging.Logger:
-    """The project's logger: `[adept]` lines at the job's level (see pipeline.logs)."""
+    """The project's logger: `[adept]` lines at the job's level (see pipeline.core.logs)."""
     return logging.getLogger("adept")
 
 
@@ -35,9 +35,9 @@ def start(args: argparse.Namespace) -> None:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "the input is wrong" (bad config, missing file, unreachable server): exit 2."""
-    from pipeline.backbones import BackboneError
-    from pipeline.checkpoint import CheckpointError
-    from pipeline.ray_setup import RayStartError
+    from pipeline.core.backbones import BackboneError
+    from pipeline.driver.ray_setup import RayStartError
+    from pipeline.worker.checkpoint import CheckpointError
 
     return (ValueError, KeyError, OSError, TypeError, BackboneError, CheckpointError, RayStartError)
 

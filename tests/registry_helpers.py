@@ -10,8 +10,8 @@ from mlflow import MlflowClient
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from adept import AdeptConfig, get_adept_model
-from pipeline.config import TrainConfig
-from pipeline.launch import mlflow_params_and_tags, prepare
+from pipeline.core.config import TrainConfig
+from pipeline.driver.launch import mlflow_params_and_tags, prepare
 from pipeline.tracking import close_run, open_run
 
 

@@ -14,9 +14,9 @@ import torch.distributed as dist
 from tiny import tiny_llama, tiny_tokenizer
 
 from adept import AdeptConfig, get_adept_model
-from pipeline import checkpoint as ckpt
-from pipeline.config import TrainConfig
-from pipeline.engine import build_engine, linear_warmup_schedule
+from pipeline.core.config import TrainConfig
+from pipeline.worker import checkpoint as ckpt
+from pipeline.worker.engine import build_engine, linear_warmup_schedule
 
 use_ds, stage, precision, accum = bool(int(sys.argv[1])), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 os.environ.update(DS_ACCELERATOR="cpu", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")

@@ -7,7 +7,7 @@ import pickle
 import pytest
 import torch
 
-from pipeline import checkpoint as ckpt
+from pipeline.worker import checkpoint as ckpt
 
 pytestmark = pytest.mark.faults
 

@@ -8,8 +8,8 @@ from transformers import Gemma2Config, Gemma2ForCausalLM, get_linear_schedule_wi
 
 from adept import AdeptConfig, get_adept_model
 from adept.model import IGNORE_INDEX, labelled_head_supported
-from pipeline.config import TrainConfig
-from pipeline.engine import DDPTrainEngine
+from pipeline.core.config import TrainConfig
+from pipeline.worker.engine import DDPTrainEngine
 
 pytestmark = pytest.mark.speed
 

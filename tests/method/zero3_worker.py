@@ -21,8 +21,8 @@ import adept  # noqa: E402
 from adept import AdeptConfig, AdeptModel, get_adept_model  # noqa: E402
 from adept.fold import folded_embedding_table  # noqa: E402
 from adept.io import WEIGHTS_NAME  # noqa: E402
-from pipeline.data import TokenizeConfig  # noqa: E402
-from pipeline.evaluation import EvalConfig, score_candidates  # noqa: E402
+from pipeline.core.data import TokenizeConfig  # noqa: E402
+from pipeline.core.evaluation import EvalConfig, score_candidates  # noqa: E402
 
 importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None  # skip the shm JIT build
 deepspeed.init_distributed(dist_backend="gloo")

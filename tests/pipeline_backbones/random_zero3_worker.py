@@ -13,7 +13,7 @@ import deepspeed  # noqa: E402
 import torch  # noqa: E402
 from transformers.integrations import HfDeepSpeedConfig, is_deepspeed_zero3_enabled  # noqa: E402
 
-from pipeline.backbones import load_backbone  # noqa: E402
+from pipeline.core.backbones import load_backbone  # noqa: E402
 
 importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None  # skip the shm JIT build
 deepspeed.init_distributed(dist_backend="gloo")

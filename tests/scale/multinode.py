@@ -156,9 +156,9 @@ def reproduces_best_score(task, backbone, final) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from adept import AdeptModel
-    from pipeline.config import TrainConfig
-    from pipeline.evaluation import EvalConfig, evaluate
-    from pipeline.setup import resolve_task, tokenize_config
+    from pipeline.core.config import TrainConfig
+    from pipeline.core.evaluation import EvalConfig, evaluate
+    from pipeline.core.resolve import resolve_task, tokenize_config
 
     state = trainer_state(final)
     model = AdeptModel.from_pretrained(AutoModelForCausalLM.from_pretrained(backbone), final / "best_adapter")

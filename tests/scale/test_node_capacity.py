@@ -7,7 +7,7 @@ import pytest
 from fit_helpers import checkpoints, fit_args, journal, kill_tree, only_run, start_fit, wait_for
 from multinode import ZERO3_ON_TWO_NODES, trainer_state
 
-from pipeline import checkpoint as ckpt
+from pipeline.worker import checkpoint as ckpt
 
 pytestmark = [pytest.mark.scale, pytest.mark.slow]
 

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from pipeline.config import TrainConfig
-from pipeline.launch import PreparedRun, failure_cause, make_trainer
+from pipeline.core.config import TrainConfig
+from pipeline.driver.launch import PreparedRun, failure_cause, make_trainer
 
 pytestmark = pytest.mark.scale
 
@@ -24,9 +24,9 @@ def test_placement_strategy_is_validated_and_defaults_to_pack():
 
 
 def test_make_trainer_passes_the_placement_strategy_to_ray_train(monkeypatch):
-    import pipeline.ray_setup
+    import pipeline.driver.ray_setup
 
-    monkeypatch.setattr(pipeline.ray_setup, "torch_config", lambda use_gpu: None)  # it asks a running Ray
+    monkeypatch.setattr(pipeline.driver.ray_setup, "torch_config", lambda use_gpu: None)  # it asks a running Ray
     monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "0")  # make_trainer sets it: restored afterwards
     run = PreparedRun(config(placement_strategy="STRICT_SPREAD", node_wait_s=20.0), 8, 32, "causal", 680, "sqlite://")
     trainer = make_trainer(run, None, worker_cpus=1)

@@ -1,5 +1,5 @@
 """ZeRO-3 on two workers trains the adapter one worker trains: the same seed and the same rows at every step
-(pipeline.distributed.epoch_batches) give the same losses and the same saved adapter, within float tolerance.
+(pipeline.worker.distributed.epoch_batches) give the same losses and the same saved adapter, within float tolerance.
 
 Dropout is off (`ffn_dropout=0`): its masks depend on how a batch is split across ranks.
 """

@@ -26,7 +26,7 @@ from adept import AdeptModel
 from adept.fold import FoldedAdeptModel
 from jobs.predict import main as predict_main
 from jobs.register_best import main as register_main
-from pipeline.backbones import BackboneError
+from pipeline.core.backbones import BackboneError
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]  # registers and loads pyfunc models (~2-5 s each)
 

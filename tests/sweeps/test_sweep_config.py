@@ -7,8 +7,8 @@ import ray
 import yaml
 
 from jobs.tune_adept import main
-from pipeline.config import TrainConfig
-from pipeline.tune import SweepConfig, load_sweep, parse_space, prepare_sweep, trial_config
+from pipeline.core.config import TrainConfig
+from pipeline.driver.tune import SweepConfig, load_sweep, parse_space, prepare_sweep, trial_config
 
 pytestmark = pytest.mark.usefixtures("no_ray")
 
@@ -35,7 +35,7 @@ def test_space_forms_and_aliases():
 
 def test_budget_mode_derives_r_from_m_and_prompt_tuning_spends_the_budget():
     base = TrainConfig(method="adept", num_virtual_tokens=60, budget=100)
-    from pipeline.launch import adapter_size
+    from pipeline.driver.launch import adapter_size
 
     for m, r in [(20, 39), (60, 19), (80, 9)]:  # d=768: r = floor(((100 - m)·768 - 768) / 1537)
         cfg = trial_config(base, {"m": m})
@@ -142,7 +142,7 @@ def test_schedulers_searchers_and_local_resources(synthetic_task, tiny_backbone,
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator
 
-    from pipeline.tune import local_cpus, scheduler_and_search
+    from pipeline.driver.tune import local_cpus, scheduler_and_search
 
     sweep = {"space": {"m": [2, 4], "prompt_lr": {"loguniform": [0.01, 0.3]}},
              "points_to_evaluate": [{"m": 4, "prompt_lr": 0.1}], "max_concurrent_trials": 2, "cpus_per_worker": 1}

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import code_eval
-from pipeline.code_eval import SandboxUnavailable, isolation_available, mbpp_pass_at_1, run_python
-from pipeline.tasks import get_task
+from pipeline.core import code_eval
+from pipeline.core.code_eval import SandboxUnavailable, isolation_available, mbpp_pass_at_1, run_python
+from pipeline.core.tasks import get_task
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -195,7 +195,7 @@ def test_sandbox_dies_with_the_evaluator(sandbox):
     with tempfile.TemporaryDirectory(prefix="adept-test-") as tmp:
         os.chmod(tmp, 0o755)
         evaluator = subprocess.Popen(
-            [sys.executable, "-c", f"import pipeline.code_eval as ce\nce.run_python({program!r}, timeout_s=60)"],
+            [sys.executable, "-c", f"import pipeline.core.code_eval as ce\nce.run_python({program!r}, timeout_s=60)"],
             cwd=REPO, env={**os.environ, "TMPDIR": tmp},
         )
         try:

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from pipeline.tasks import CustomTaskSpec, get_task, load_custom_task
+from pipeline.core.tasks import CustomTaskSpec, get_task, load_custom_task
 
 
 def write_csv(path, rows):

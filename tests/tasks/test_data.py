@@ -10,7 +10,7 @@ import pytest
 import torch
 from pipeline_testutil import word_tokenizer
 
-from pipeline.data import (
+from pipeline.core.data import (
     CausalCollator,
     Encoder,
     Seq2SeqCollator,
@@ -108,7 +108,7 @@ def test_config_errors():
 
 
 def test_empty_separator_is_reported(caplog, monkeypatch):
-    monkeypatch.setattr("pipeline.data._WARNED", set())  # said once per process: an earlier test may have said it
-    with caplog.at_level(logging.WARNING, logger="pipeline.data"):
+    monkeypatch.setattr("pipeline.core.data._WARNED", set())  # said once per process: an earlier test may have said it
+    with caplog.at_level(logging.WARNING, logger="pipeline.core.data"):
         Encoder(word_tokenizer(WORDS, "llama"), TokenizeConfig(backbone="causal", separator="\n"))
     assert "tokenises to no tokens" in caplog.text

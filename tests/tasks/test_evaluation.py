@@ -10,9 +10,9 @@ import torch
 from pipeline_testutil import word_tokenizer
 from tiny import tiny_llama, tiny_t5
 
-from pipeline.data import TokenizeConfig
-from pipeline.evaluation import EvalConfig, evaluate, predict_generate, predict_rank, score_candidates
-from pipeline.tasks import get_task
+from pipeline.core.data import TokenizeConfig
+from pipeline.core.evaluation import EvalConfig, evaluate, predict_generate, predict_rank, score_candidates
+from pipeline.core.tasks import get_task
 
 # <pad>=0 </s>=1 <unk>=2 <s>=3 sentence:=4 good=5 movie=6 =>=7 positive=8 negative=9 bad=10 plot=11
 WORDS = ["sentence: good movie => positive negative bad plot"]

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from pipeline import metrics as M
+from pipeline.core import metrics as M
 
 BIN = ("0", "1")
 

@@ -6,8 +6,8 @@ import tarfile
 
 import pytest
 
-from pipeline.tasks import get_task
-from pipeline.tasks import movie_sentiment as ms
+from pipeline.core.tasks import get_task
+from pipeline.core.tasks import movie_sentiment as ms
 
 LINES = [
     "1\t2.26666666667\tA fine, warm film.",

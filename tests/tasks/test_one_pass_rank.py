@@ -7,8 +7,8 @@ import torch
 from tiny import tiny_llama, tiny_t5, tiny_tokenizer
 
 from adept import AdeptConfig, get_adept_model
-from pipeline.data import TokenizeConfig
-from pipeline.evaluation import EvalConfig, predict_rank, score_candidates, score_candidates_reference
+from pipeline.core.data import TokenizeConfig
+from pipeline.core.evaluation import EvalConfig, predict_rank, score_candidates, score_candidates_reference
 
 pytestmark = pytest.mark.speed
 

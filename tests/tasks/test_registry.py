@@ -5,8 +5,8 @@ import dataclasses
 import datasets
 import pytest
 
-from pipeline.tasks import base as task_base
-from pipeline.tasks import get_task, list_tasks, mrqa, register_task
+from pipeline.core.tasks import base as task_base
+from pipeline.core.tasks import get_task, list_tasks, mrqa, register_task
 
 
 def test_names_are_lower_case_and_include_the_documented_ones():
@@ -33,10 +33,10 @@ def test_register_task_refuses_duplicates_unless_overwrite():
         with pytest.raises(ValueError, match="already registered"):
             register_task(task)
         register_task(task, overwrite=True)
-        with pytest.raises(TypeError, match="expects a pipeline.tasks.Task"):
+        with pytest.raises(TypeError, match="expects a pipeline.core.tasks.Task"):
             register_task("rte")
     finally:
-        from pipeline.tasks import _REGISTRY
+        from pipeline.core.tasks import _REGISTRY
 
         _REGISTRY.pop("rte-copy-for-test")
 

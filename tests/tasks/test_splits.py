@@ -4,8 +4,8 @@ import datasets
 import pytest
 import torch
 
-from pipeline.tasks import base as task_base
-from pipeline.tasks import get_task
+from pipeline.core.tasks import base as task_base
+from pipeline.core.tasks import get_task
 
 
 def numbered(n, prefix="s"):

@@ -9,8 +9,8 @@ import datasets
 import pytest
 from pipeline_testutil import word_tokenizer
 
-from pipeline.data import IGNORE_INDEX, TokenizeConfig, tokenize_dataset
-from pipeline.tasks import get_task, list_tasks
+from pipeline.core.data import IGNORE_INDEX, TokenizeConfig, tokenize_dataset
+from pipeline.core.tasks import get_task, list_tasks
 
 MRQA_ROW = {
     "context_tokens": {"tokens": ["x"], "offsets": [0]}, "question_tokens": {"tokens": ["x"], "offsets": [0]},

@@ -4,7 +4,7 @@ import pytest
 import ray
 
 from jobs.train_adept import main
-from pipeline.config import TrainConfig
+from pipeline.core.config import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("no_ray")
 

@@ -2,7 +2,7 @@
 
 import os
 
-from pipeline.config import apply_driver_env, driver_env
+from pipeline.core.config import apply_driver_env, driver_env
 
 
 def test_stale_settings_are_removed_and_new_ones_applied(monkeypatch):

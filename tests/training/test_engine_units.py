@@ -6,9 +6,9 @@ from tiny import batch, tiny_llama, tiny_tokenizer
 from transformers import get_linear_schedule_with_warmup
 
 from adept import AdeptConfig, get_adept_model
-from pipeline.config import TrainConfig
-from pipeline.distributed import epoch_batches
-from pipeline.engine import DDPTrainEngine, deepspeed_config, linear_warmup_schedule
+from pipeline.core.config import TrainConfig
+from pipeline.worker.distributed import epoch_batches
+from pipeline.worker.engine import DDPTrainEngine, deepspeed_config, linear_warmup_schedule
 
 
 def test_epoch_batches_are_disjoint_equal_and_seeded():
@@ -73,7 +73,7 @@ def test_deepspeed_config_follows_the_run_config(stage, offload, precision):
 
 
 def test_held_parameter_memory_counts_partitions_not_released_weights():
-    from pipeline.recipe import _held_param_mib
+    from pipeline.worker.recipe import _held_param_mib
 
     layer = torch.nn.Linear(512, 256)  # 512*256 + 256 float32 = 0.50098 MiB
     assert _held_param_mib(layer) == pytest.approx((512 * 256 + 256) * 4 / 2**20)

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from pipeline.recipe import Throughput
+from pipeline.worker.recipe import Throughput
 
 
 def test_validation_time_is_not_counted():

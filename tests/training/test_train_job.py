@@ -13,9 +13,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from adept import AdeptModel
 from adept.io import CONFIG_NAME, WEIGHTS_NAME
 from jobs.train_adept import main
-from pipeline.config import TrainConfig
-from pipeline.evaluation import EvalConfig, evaluate
-from pipeline.setup import resolve_task, tokenize_config
+from pipeline.core.config import TrainConfig
+from pipeline.core.evaluation import EvalConfig, evaluate
+from pipeline.core.resolve import resolve_task, tokenize_config
 
 pytestmark = pytest.mark.slow
 

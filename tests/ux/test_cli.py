@@ -25,7 +25,7 @@ def test_help_imports_nothing_heavy(job):
 def test_log_levels_reach_the_project_logger_and_workers(monkeypatch):
     import logging
 
-    from pipeline import logs
+    from pipeline.core import logs
 
     monkeypatch.delenv(logs.LEVEL_ENV, raising=False)
     logs.configure("warning")
@@ -41,7 +41,7 @@ def test_log_levels_reach_the_project_logger_and_workers(monkeypatch):
 def test_quiet_means_warning():
     import argparse
 
-    from pipeline import logs
+    from pipeline.core import logs
 
     parser = argparse.ArgumentParser()
     logs.add_arguments(parser)
@@ -55,7 +55,7 @@ def test_each_warning_once_and_resource_warnings_hidden(monkeypatch):
     library's unclosed file or still-running subprocess, seen 5 times in a sweep's output)."""
     import warnings
 
-    from pipeline import logs
+    from pipeline.core import logs
 
     monkeypatch.delenv(logs.LEVEL_ENV, raising=False)
     with warnings.catch_warnings(record=True) as seen:

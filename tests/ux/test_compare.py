@@ -6,9 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from pipeline.tune.compare import compare_methods, format_comparison, plot_comparison
-from pipeline.tune.config import Dimension
-from pipeline.tune.report import TrialRow
+from pipeline.driver.tune.compare import compare_methods, format_comparison, plot_comparison
+from pipeline.driver.tune.config import Dimension
+from pipeline.driver.tune.report import TrialRow
 
 pytestmark = pytest.mark.ux
 

@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from pipeline.progress import EvalProgress, TrainProgress, clock
+from pipeline.core.progress import EvalProgress, TrainProgress, clock
 
 pytestmark = pytest.mark.ux
 
@@ -50,7 +50,7 @@ def test_sweep_progress_counts_a_trial_that_ends_as_done(caplog):
     repeat the previous line with the ended trial still running."""
     from types import SimpleNamespace
 
-    from pipeline.tune.callbacks import SweepProgress
+    from pipeline.driver.tune.callbacks import SweepProgress
 
     trials = [SimpleNamespace(trial_id=f"abc_0000{i}", status="RUNNING") for i in range(2)]
     progress = SweepProgress("demo", total_trials=3, max_steps=60, metric="val_accuracy", every_s=0.0)

@@ -1,0 +1,310 @@
+"""Running a sweep on Ray: one Tune function per trial that runs a Ray Train fit, the zero-shot baseline,
+and collecting what Tune reports into the outcome."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from pipeline.core.config import TrainConfig, apply_driver_env, driver_env
+from pipeline.driver.launch import PreparedRun, adapter_size
+from pipeline.driver.tune.config import (
+    ALIASES,
+    STATE_FILE,
+    SWEEP_TAG,
+    ZERO_SHOT_FILE,
+    Dimension,
+    trial_config,
+)
+from pipeline.driver.tune.prepare import PreparedSweep
+from pipeline.driver.tune.report import SweepOutcome, TrialRow, summarise
+
+
+def trial_resources(run: PreparedRun, worker_cpus: int | None = None) -> tuple[dict[str, float], int]:
+    """(resources of one trial's driver, how many trials the cluster holds at once)."""
+    import ray
+
+    from pipeline.driver.launch import cpus_per_worker
+
+    cfg = run.config
+    total = ray.cluster_resources()
+    cpus = cfg.num_workers * (worker_cpus or cpus_per_worker(cfg)) + 1  # the workers + the trial's driver
+    fits = int(total.get("CPU", 1) // cpus)
+    if cfg.use_gpu:
+        fits = min(fits, int(total.get("GPU", 0) // cfg.num_workers))
+    return {"CPU": 1}, max(1, fits)
+
+
+def adept_trial(params: dict, *, base: dict, sweep: str, trials_storage: str, parent_run_id: str,
+                artifact_root: str, worker_cpus: int | None, hidden_size: int, kind: str, tracking_uri: str,
+                backbone_ref: str, task_name: str, env: dict[str, str]) -> None:
+    """One Tune trial = one Ray Train fit, logged into a child MLflow run of the sweep's run.
+
+    The run is opened here and closed by the sweep's `TrialRunStatus` callback, which learns first how the
+    trial ended (Tune stops this function as soon as it has the final result, or when ASHA stops it).
+    """
+    apply_driver_env(env)  # the job's ADEPT_* settings, whenever and wherever the cluster started
+    from ray import tune
+
+    from pipeline.driver.launch import make_trainer, mlflow_params_and_tags
+    from pipeline.driver.tune.callbacks import trial_index
+    from pipeline.tracking import open_run, trial_run_name
+
+    trial_id = tune.get_context().get_trial_id()
+    cfg = trial_config(TrainConfig.from_dict(base), params, name=f"{sweep}-{trial_id}", storage_path=trials_storage)
+    r, n_params = adapter_size(cfg, hidden_size, kind)
+    run = PreparedRun(cfg, r, hidden_size, kind, n_params, tracking_uri, backbone_ref, task_name)
+    mlflow_params, tags = mlflow_params_and_tags(run)
+    tags.update({SWEEP_TAG: sweep, "ray.trial_id": trial_id})
+    ref = open_run(tracking_uri, cfg.experiment, cfg.run_name, kind="trial",
+                   display_name=trial_run_name(trial_index(trial_id), params, r, sweep, m=cfg.num_virtual_tokens),
+                   params=mlflow_params,
+                   tags=tags, artifact_root=Path(artifact_root), parent_run_id=parent_run_id,
+                   budget_s=cfg.tracking_outage_s)
+    # fit() raises when the run fails (after Train's own max_failures); Tune then retries the trial
+    make_trainer(run, ref.run_id, callbacks=[_report_callback()], worker_cpus=worker_cpus).fit()
+
+
+def _report_callback():
+    """Tune's TuneReportCallback without the final report's `done` key.
+
+    `done` is reserved by Tune: a result holding it ends the trial at once, stopping this driver while
+    fit() still shuts Train down, and a Train controller stopped that way leaves its workers' CPUs/GPUs
+    reserved until Ray's placement-group cleaner notices. Without it the trial ends when fit() returns.
+    """
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class _TrialReport(TuneReportCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            metrics = [{k: v for k, v in m.items() if k != "done"} for m in metrics]
+            super().after_report(run_context, metrics, checkpoint)
+
+    return _TrialReport()
+
+
+def local_cpus(prep: PreparedSweep) -> int:
+    """Logical CPUs of a local cluster: the machine's for the workers, plus one per concurrent trial driver
+    (a driver holds a CPU but computes nothing)."""
+    machine, sweep, workers = os.cpu_count() or 1, prep.sweep, prep.base.config.num_workers
+    if sweep.cpus_per_worker and sweep.max_concurrent_trials:
+        concurrent = sweep.max_concurrent_trials
+        return max(machine, concurrent * workers * sweep.cpus_per_worker) + concurrent
+    return max(machine, workers) + 1
+
+
+def _trial_dirname(trial) -> str:
+    return trial.trial_id
+
+
+def _trial_name(trial) -> str:
+    """What Tune's own status table shows for a trial: "t03 m8 plr0.01" rather than an internal id."""
+    from pipeline.driver.tune.callbacks import trial_index
+    from pipeline.tracking import trial_run_name
+
+    return trial_run_name(trial_index(trial.trial_id), trial.config or {}, None, "").removesuffix(" · ")
+
+
+def run_sweep(prep: PreparedSweep, log=print) -> SweepOutcome:
+    """Start (or resume) the sweep on the Ray cluster and summarise it in MLflow."""
+
+    from pipeline.driver.launch import mlflow_params_and_tags
+    from pipeline.driver.ray_setup import init_ray
+    from pipeline.driver.tune.callbacks import SweepProgress, TrialRunStatus
+    from pipeline.tracking import close_open_children, close_run, open_run, status_of_error
+
+    t0 = time.time()
+    run, cfg, sweep = prep.base, prep.base.config, prep.sweep
+    init_ray(cfg.num_workers, num_cpus=local_cpus(prep))
+    prep.storage.mkdir(parents=True, exist_ok=True)
+    (prep.storage / STATE_FILE).write_text(json.dumps(prep.fingerprint(), indent=1))
+
+    params, tags = mlflow_params_and_tags(run)
+    params.update({f"sweep.{k}": json.dumps(v) if isinstance(v, dict | list) else v
+                   for k, v in sweep.to_dict().items() if k in ("num_samples", "scheduler", "search", "space")})
+    tags.update({SWEEP_TAG: prep.name, "metric": prep.metric})
+    parent = open_run(run.tracking_uri, cfg.experiment, prep.name, kind="sweep", display_name=f"sweep · {prep.name}",
+                      params=params, tags=tags, artifact_root=prep.artifact_root, budget_s=cfg.tracking_outage_s,
+                      description=f"Sweep {prep.name}: {_describe(prep.dims)}; {sweep.scheduler} on {prep.metric}.")
+    try:
+        zero = zero_shot(prep, log) if sweep.zero_shot else None
+        grid = _run_tuner(prep, parent.run_id, log, [
+            TrialRunStatus(run.tracking_uri, cfg.experiment, prep.name, prep.metric, sweep.mode, sweep.scheduler,
+                           cfg.tracking_outage_s),
+            SweepProgress(prep.name, prep.total_trials, cfg.max_steps, prep.metric)])
+    except BaseException as err:
+        status, error = status_of_error(err), f"{type(err).__name__}: {err}"[:1000]
+        try:  # the trials this sweep was running end with it (a re-run of the sweep name resumes them)
+            close_open_children(run.tracking_uri, parent.run_id, status, error=f"the sweep stopped: {error}",
+                                budget_s=cfg.tracking_outage_s)
+        finally:
+            close_run(run.tracking_uri, parent.run_id, status, error=error, budget_s=cfg.tracking_outage_s)
+        raise
+    rows = [_trial_row(prep, res) for res in grid]
+    outcome = SweepOutcome(prep, rows, None, zero, parent.run_id, time.time() - t0)
+    ranked = [r for r in outcome.ranked if r.score is not None]
+    outcome.best = ranked[0] if ranked else None
+    outcome.plot = summarise(prep, outcome)
+    return outcome
+
+
+def _run_tuner(prep: PreparedSweep, parent_run_id: str, log, callbacks: list):
+    from ray import tune
+
+    run, cfg, sweep = prep.base, prep.base.config, prep.sweep
+    resources, fits = trial_resources(run, sweep.cpus_per_worker)
+    concurrent = sweep.max_concurrent_trials or fits
+    trainable = tune.with_resources(tune.with_parameters(
+        adept_trial, base=cfg.to_dict(), sweep=prep.name, trials_storage=str(prep.trials_storage),
+        parent_run_id=parent_run_id, artifact_root=str(prep.artifact_root), worker_cpus=sweep.cpus_per_worker,
+        hidden_size=run.hidden_size, kind=run.kind, tracking_uri=run.tracking_uri,
+        backbone_ref=run.backbone_ref or cfg.backbone, task_name=run.task_name or "",
+        env=driver_env()), resources)
+    path = str(prep.storage)
+    run_config = tune.RunConfig(name=prep.name, storage_path=str(Path(cfg.storage_path)), verbose=0,
+                                failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+                                callbacks=callbacks)
+    if tune.Tuner.can_restore(path):
+        log(f"[adept] resuming sweep {prep.name!r} from {path}")
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+        saved = getattr(getattr(tuner, "_local_tuner", None), "_run_config", None)
+        if saved is not None:  # restore() brings back the pickled callbacks; give it fresh ones (new clock)
+            saved.callbacks = callbacks
+    else:
+        scheduler, search = scheduler_and_search(prep, concurrent)
+        log(f"[adept] sweep {prep.name!r}: {sweep.num_samples} sample(s) of {_describe(prep.dims)}; "
+            f"{sweep.scheduler} on {prep.metric} ({sweep.mode}); {concurrent} trial(s) at a time, "
+            f"each {cfg.num_workers} worker(s)")
+        tuner = tune.Tuner(
+            trainable, param_space=prep.param_space,
+            tune_config=tune.TuneConfig(metric=prep.metric, mode=sweep.mode, num_samples=sweep.num_samples,
+                                        # the variant generator caps itself; Tune limits a Searcher (Optuna)
+                                        max_concurrent_trials=concurrent if sweep.search == "optuna" else None,
+                                        scheduler=scheduler, search_alg=search, trial_dirname_creator=_trial_dirname,
+                                        trial_name_creator=_trial_name),
+            run_config=run_config,
+        )
+    return tuner.fit()
+
+
+def scheduler_and_search(prep: PreparedSweep, concurrent: int):
+    """Tune's trial scheduler (ASHA or FIFO) and search algorithm (random/grid variants or Optuna TPE)."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    sweep = prep.sweep
+    points = [{ALIASES.get(k, k): v for k, v in p.items()} for p in sweep.points_to_evaluate]
+    # ASHA decides only at its rungs, grace_period · reduction_factor^k steps < max_steps; a trial it keeps
+    # is never stopped at max_t (stop_last_trials=False): it reaches its final (test) report and ends itself.
+    scheduler = (ASHAScheduler(time_attr="step", max_t=prep.base.config.max_steps - 1, grace_period=prep.grace_period,
+                               reduction_factor=sweep.reduction_factor, stop_last_trials=False)
+                 if sweep.scheduler == "asha" else FIFOScheduler())
+    if sweep.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return scheduler, OptunaSearch(seed=sweep.seed, points_to_evaluate=points or None)
+    return scheduler, BasicVariantGenerator(random_state=sweep.seed, max_concurrent=concurrent,
+                                            points_to_evaluate=points or None)
+
+
+def _describe(dims: list[Dimension]) -> str:
+    parts = []
+    for d in dims:
+        v = d.values
+        parts.append(f"{d.key}={v[0]}" if d.kind == "constant" else
+                     f"{d.key}~{d.kind}{list(v)}" if d.kind in ("choice", "grid") else f"{d.key}~{d.kind}[{v[0]:g}, {v[1]:g}]")
+    return ", ".join(parts) or "the base config"
+
+
+def _trial_row(prep: PreparedSweep, res) -> TrialRow:
+    import pandas as pd
+
+    from pipeline.driver.tune.callbacks import completed
+    from pipeline.tracking import experiment_id, find_run
+
+    cfg = prep.base.config
+    trial_id = Path(res.path).name
+    df = res.metrics_dataframe
+    params = {k: res.config[k] for k in (d.key for d in prep.dims) if k in (res.config or {})}
+    trial_cfg = trial_config(cfg, params)
+    r, n_params = adapter_size(trial_cfg, prep.base.hidden_size, prep.base.kind)
+    score = best_step = last_step = adapter = step_s = None
+    test: dict[str, float] = {}
+    if df is not None and len(df) and prep.metric in df:
+        values = df[prep.metric].dropna()
+        if len(values):
+            best_index = values.idxmax() if prep.sweep.mode == "max" else values.idxmin()
+            score = float(values[best_index])
+            step = df.loc[best_index, "best_step"] if "best_step" in df else None
+            best_step = int(step) if step is not None and not pd.isna(step) else None
+        last = df.iloc[-1]
+        last_step = int(last["step"]) if "step" in df else None
+        test = {k.removeprefix("test_"): float(last[k]) for k in df.columns
+                if k.startswith("test_") and last[k] == last[k]}
+        if "perf_step_s" in df and df["perf_step_s"].notna().any():
+            step_s = float(df["perf_step_s"].dropna().median())
+        if "checkpoint_path" in df:
+            paths = df["checkpoint_path"].dropna()
+            if len(paths) and (Path(paths.iloc[-1]) / "best_adapter").is_dir():
+                adapter = str(Path(paths.iloc[-1]) / "best_adapter")
+    if res.error is not None:
+        status = "error"
+    elif completed(res.metrics):
+        status = "completed"
+    else:
+        status = "stopped"
+    run_name = f"{prep.name}-{trial_id}"
+    found = find_run(prep.base.tracking_uri, experiment_id(prep.base.tracking_uri, cfg.experiment, prep.artifact_root),
+                     run_name)
+    error = None
+    if res.error is not None:
+        error = (str(res.error).strip().splitlines() or [type(res.error).__name__])[-1][:300]
+    return TrialRow(trial_id, status, params, r, n_params, score, best_step, last_step, test, run_name,
+                    found.info.run_id if found else None, adapter, error, step_s)
+
+
+# ---------------------------------------------------------------------------------------------- zero-shot
+def zero_shot(prep: PreparedSweep, log=print) -> dict[str, float]:
+    """The backbone alone (no adapter) on the sweep's validation rows, evaluated as the trials are.
+
+    Runs as a Ray task with a trial worker's resources; cached beside the sweep's state.
+    """
+    import ray
+
+    from pipeline.driver.launch import cpus_per_worker
+
+    cache = prep.storage / ZERO_SHOT_FILE
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    cfg = prep.base.config
+    log(f"[adept] zero-shot: scoring {cfg.backbone} without an adapter on the validation split "
+        f"({cfg.max_eval_examples or 'all'} rows, {cfg.eval_mode}) ...")
+    t0 = time.time()
+    cpus = prep.sweep.cpus_per_worker or cpus_per_worker(cfg)
+    task = ray.remote(num_cpus=cpus, num_gpus=1 if cfg.use_gpu else 0)(_zero_shot_task)
+    metrics = ray.get(task.remote(cfg.to_dict(), driver_env()))
+    log(f"[adept] zero-shot: {metrics} in {time.time() - t0:.0f} s")
+    cache.write_text(json.dumps(metrics))
+    return metrics
+
+
+def _zero_shot_task(cfg_dict: dict, env: dict[str, str]) -> dict[str, float]:
+    import torch
+
+    from pipeline.core.backbones import load_backbone
+    from pipeline.core.evaluation import EvalConfig, evaluate
+    from pipeline.core.logs import configure_worker_logging
+    from pipeline.core.resolve import resolve_task, tokenize_config
+    from pipeline.worker.recipe import use_assigned_cpus
+
+    apply_driver_env(env)
+    configure_worker_logging()
+    use_assigned_cpus()
+    cfg = TrainConfig.from_dict(cfg_dict)
+    model, tokenizer, kind = load_backbone(cfg.backbone, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    model.to("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
+    task = resolve_task(cfg)
+    validation = task.get_split("validation", max_examples=cfg.max_eval_examples)
+    config = EvalConfig(tokenize=tokenize_config(cfg, kind), eval_mode=cfg.eval_mode, batch_size=cfg.eval_batch_size)
+    return evaluate(model, tokenizer, task, validation, config).metrics
