@@ -12,18 +12,18 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from ._version import __version__
 from .config import METHODS, AdeptConfig, budget_rank, count_trainable_params
 
 if TYPE_CHECKING:
     from .fold import FoldedAdeptModel
-    from .model import AdeptModel, PromptedModel, get_adept_model
-
-__version__ = "0.1.0"
+    from .model import AdeptModel, get_adept_model
+    from .prompted import PromptedModel
 
 # name -> submodule that defines it; imported (with torch) on first access.
 _LAZY = {
     "AdeptModel": "model",
-    "PromptedModel": "model",
+    "PromptedModel": "prompted",
     "get_adept_model": "model",
     "FoldedAdeptModel": "fold",
 }

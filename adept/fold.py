@@ -31,7 +31,7 @@ from torch import nn
 
 from .config import AdeptConfig
 from .layers import SoftPrompt, TokenOffsetFFN, gathered
-from .model import AdeptModel, PromptedModel
+from .prompted import PromptedModel
 
 FOLDED_CONFIG_NAME = "adept_folded.json"
 FOLDED_WEIGHTS_NAME = "adept_folded.safetensors"
@@ -40,8 +40,8 @@ _ROWS_PER_CHUNK = 8192  # bounds the V×r hidden activations while folding a lar
 
 
 @torch.no_grad()
-def folded_embedding_table(model: AdeptModel) -> torch.Tensor:
-    """E + FFN(E) over the whole vocabulary, computed in fp32 and returned in the table's dtype: (V, d)."""
+def folded_embedding_table(model: PromptedModel) -> torch.Tensor:
+    """E + FFN(E) of an ADePT `AdeptModel` over the whole vocabulary, computed in fp32 and returned in the table's dtype: (V, d)."""
     if model.ffn is None:
         raise ValueError(f"only ADePT can be folded (method={model.config.method!r}): DePT's offset depends on "
                          "the position and prompt tuning has no offset to fold.")
@@ -54,8 +54,8 @@ def folded_embedding_table(model: AdeptModel) -> torch.Tensor:
         return torch.cat(rows).to(table.dtype)
 
 
-def fold_adept(model: AdeptModel) -> FoldedAdeptModel:
-    """A copy of the backbone whose input embedding table is E' = E + FFN(E), plus the soft prompt."""
+def fold_adept(model: PromptedModel) -> FoldedAdeptModel:
+    """What `AdeptModel.fold()` returns: a copy of the backbone whose input embedding table is E' = E + FFN(E), plus the soft prompt."""
     if any(hasattr(p, "ds_id") for p in model.base_model.parameters()):
         raise ValueError("fold() needs an unsharded backbone, but DeepSpeed ZeRO-3 has partitioned this one: "
                          "save the adapter, load it onto a plain backbone with AdeptModel.from_pretrained, then fold.")

@@ -29,9 +29,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ._version import __version__
 from .config import AdeptConfig
 from .layers import _true_shape, gathered
-from .model import AdeptModel
 
 # What `save_pretrained` writes: names no other library claims.
 CONFIG_NAME = "adept_config.json"
@@ -40,7 +40,6 @@ WEIGHTS_NAME = "adept_model.safetensors"
 PEFT_CONFIG_NAME = "adapter_config.json"
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 PEFT_BIN_NAME = "adapter_model.bin"
-OFFICIAL_BIN_NAME = PEFT_BIN_NAME  # the name this module used before; kept for importers
 FORMAT = "adept-ray"
 FORMAT_VERSION = 2  # 1: adept-ray 0.1 (PEFT's file names, peft_type "ADEPT"); 2: adept_config.json + adept_model.safetensors
 OFFICIAL_PEFT_TYPES = ("PROMPT_TUNING_LORAX", "PROMPT_TUNING")
@@ -126,15 +125,6 @@ def _check_keys(config_file: Path, meta: dict[str, Any]) -> None:
                          "(write it with save_pretrained).")
 
 
-def is_adapter_dir(path: str | Path) -> bool:
-    """True when `path` is a folder holding an adapter in one of the layouts `find_adapter_files` knows."""
-    try:
-        find_adapter_files(path)
-    except (OSError, ValueError):
-        return False
-    return True
-
-
 def read_adapter_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The adapter tensors of a folder in any layout, under our names (`prompt.weight`, `ffn.w1`, ...)."""
     files = find_adapter_files(path)
@@ -143,14 +133,14 @@ def read_adapter_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return _read_safetensors(files.weights)
 
 
-def adapter_state_dict(model: AdeptModel) -> dict[str, torch.Tensor]:
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Adapter tensors only, gathered if ZeRO-3 partitioned them, detached on CPU."""
     named = model.adapter_named_parameters()
     with gathered([p for _, p in named], modifier_rank=None):
         return {name: p.detach().cpu().clone().contiguous() for name, p in named}
 
 
-def save_adapter(model: AdeptModel, path: str | Path, state: dict[str, torch.Tensor] | None = None) -> None:
+def save_adapter(model: nn.Module, path: str | Path, state: dict[str, torch.Tensor] | None = None) -> None:
     """Write `adept_config.json` + `adept_model.safetensors`; `state` (from `adapter_state_dict`) replaces the model's
     live tensors.
 
@@ -166,7 +156,7 @@ def save_adapter(model: AdeptModel, path: str | Path, state: dict[str, torch.Ten
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "library_version": _version(),
+        "library_version": __version__,
         "adept_config": model.config.to_dict(),
         "backbone": {
             "name_or_path": model.config.base_model_name_or_path,
@@ -188,7 +178,12 @@ def save_adapter(model: AdeptModel, path: str | Path, state: dict[str, torch.Ten
         (path / PEFT_WEIGHTS_NAME).unlink(missing_ok=True)
 
 
-def load_adapter(base_model: nn.Module, path: str | Path) -> AdeptModel:
+def read_adapter(base_model: nn.Module, path: str | Path) -> tuple[AdeptConfig, dict[str, torch.Tensor], Path]:
+    """The config and tensors of an adapter folder in any layout, checked against `base_model`, and the folder.
+
+    What `AdeptModel.from_pretrained` builds its model from (the model class lives in `adept.model`, which
+    imports this module: this one never imports it back).
+    """
     files = find_adapter_files(path)
     if files.layout == "peft":
         config, state = _read_official(files)
@@ -196,9 +191,7 @@ def load_adapter(base_model: nn.Module, path: str | Path) -> AdeptModel:
         config = files.adept_config()
         _check_backbone(files.meta["backbone"], base_model, files.config)
         state = _read_safetensors(files.weights)
-    model = AdeptModel(base_model, config, init_prompt=False)
-    _copy_into(model, state, files.config.parent)
-    return model
+    return config, state, files.config.parent
 
 
 def _read_json(file: Path) -> dict[str, Any]:
@@ -300,12 +293,12 @@ def _read_official(files: AdapterFiles) -> tuple[AdeptConfig, dict[str, torch.Te
     return config, state
 
 
-def load_adapter_state_dict(model: AdeptModel, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
+def load_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
     """Copy adapter tensors (as returned by `adapter_state_dict`) into an existing model, in place."""
     _copy_into(model, state, source)
 
 
-def _copy_into(model: AdeptModel, state: dict[str, torch.Tensor], path: Path | str) -> None:
+def _copy_into(model: nn.Module, state: dict[str, torch.Tensor], path: Path | str) -> None:
     params = dict(model.adapter_named_parameters())
     missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
     if missing or unexpected:
@@ -328,9 +321,3 @@ def _atomic_write(final: Path, write) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__

@@ -30,7 +30,8 @@ values, so we will NOT tie them" for the decoder table and the LM head), which i
 Do not call `tie_weights()` or `resize_token_embeddings()` on the loaded T5 base: that would re-tie them.
 
 Nothing here imports `peft`: the files are written directly (tested against the PEFT versions named in
-the tests).
+the tests). Nor does it import the model classes (`adept.prompted` imports this module for
+`PromptedModel.export_peft`): a model is anything with their attributes.
 """
 
 from __future__ import annotations
@@ -41,10 +42,11 @@ from pathlib import Path
 from typing import Any
 
 from safetensors.torch import save_file
+from torch import nn
 
+from ._version import __version__
 from .io import PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME
 from .layers import gathered
-from .model import AdeptModel, PromptedModel
 
 BASE_DIR = "base"
 ADAPTER_DIR = "adapter"
@@ -62,7 +64,7 @@ class PeftExport:
     base_model_name_or_path: str | None
 
 
-def export_peft(model: PromptedModel, path: str | Path, *, save_base: bool | None = None,
+def export_peft(model: nn.Module, path: str | Path, *, save_base: bool | None = None,
                 tokenizer=None) -> PeftExport:
     """Write `<path>/adapter` (a PEFT prompt-tuning adapter) and, where needed, `<path>/base` (the backbone).
 
@@ -92,8 +94,7 @@ def export_peft(model: PromptedModel, path: str | Path, *, save_base: bool | Non
             raise ValueError("export_peft: an ADePT export needs its base (save_base=True): the FFN offset lives in "
                              "the folded input embedding table, the PEFT adapter only holds the soft prompt.")
         save_base = True
-        if isinstance(model, AdeptModel):
-            model = model.fold()
+        model = model.fold()  # a FoldedAdeptModel returns itself
     else:
         save_base = bool(save_base)
     if model.num_virtual_tokens == 0:
@@ -123,7 +124,7 @@ def export_peft(model: PromptedModel, path: str | Path, *, save_base: bool | Non
 
     info = {
         "format": EXPORT_FORMAT,
-        "library_version": _version(),
+        "library_version": __version__,
         "method": method,
         "base": BASE_DIR if base_dir is not None else None,
         "adapter": ADAPTER_DIR,
@@ -137,7 +138,7 @@ def export_peft(model: PromptedModel, path: str | Path, *, save_base: bool | Non
     return PeftExport(path, adapter_dir, base_dir, base_ref)
 
 
-def _peft_prompt_tuning_config(model: PromptedModel, base_ref: str | None, revision: str | None) -> dict[str, Any]:
+def _peft_prompt_tuning_config(model: nn.Module, base_ref: str | None, revision: str | None) -> dict[str, Any]:
     """The fields of PEFT's `PromptTuningConfig` that describe the adapter (PEFT fills the rest with defaults)."""
     cfg = model.base_model.config
     text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
@@ -166,11 +167,6 @@ def _first_attr(obj: Any, *names: str) -> Any:
             return value
     return None
 
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 __all__ = ["export_peft", "PeftExport", "BASE_DIR", "ADAPTER_DIR", "EXPORT_INFO_NAME"]

@@ -13,7 +13,6 @@ from adept.io import (
     PEFT_WEIGHTS_NAME,
     WEIGHTS_NAME,
     find_adapter_files,
-    is_adapter_dir,
     read_adapter_state_dict,
 )
 
@@ -201,7 +200,6 @@ def test_find_adapter_files_knows_all_three_layouts(tok, tmp_path):
     assert {n: f.weights.name for n, f in found.items()} == {
         "ours": WEIGHTS_NAME, "legacy": PEFT_WEIGHTS_NAME, "official": "adapter_model.bin"}
     assert {n: f.backbone for n, f in found.items()} == {"ours": "some/t5", "legacy": "some/t5", "official": "t5-base"}
-    assert all(is_adapter_dir(tmp_path / name) for name in found)
     # the tensors under our names, whatever the layout
     ours = read_adapter_state_dict(tmp_path / "ours")
     assert ours.keys() == read_adapter_state_dict(tmp_path / "legacy").keys() == read_adapter_state_dict(
@@ -211,8 +209,11 @@ def test_find_adapter_files_knows_all_three_layouts(tok, tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "lora").mkdir()
     (tmp_path / "lora" / PEFT_CONFIG_NAME).write_text(json.dumps({"peft_type": "LORA"}))
-    for name in ("empty", "lora", "nowhere"):
-        assert not is_adapter_dir(tmp_path / name)
+    for name in ("empty", "lora", "nowhere"):  # no adapter in any layout: refused, also by from_pretrained
+        with pytest.raises((OSError, ValueError)):
+            find_adapter_files(tmp_path / name)
+        with pytest.raises((OSError, ValueError)):
+            AdeptModel.from_pretrained(tiny_t5(), tmp_path / name)
     with pytest.raises(FileNotFoundError, match=f"neither '{CONFIG_NAME}'.*nor '{PEFT_CONFIG_NAME}'"):
         find_adapter_files(tmp_path / "empty")
 
