@@ -3,6 +3,7 @@ fixtures real fits share: a tiny Llama backbone folder, a learnable synthetic ta
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -25,32 +26,44 @@ for key, value in {
 from mlflow_server import MlflowServer  # noqa: E402
 from synthetic import write_backbone, write_task  # noqa: E402
 
-# Seconds per file in a 3-worker run of the suite (2026-12-02, this project's 2-core machine, `--durations`): the
+# Seconds per test file, written by the suite itself at the end of every full run (`make test`, no selection): the
 # longest files start first, so a parallel run does not end on one long file while the other workers idle.
-MEASURED_S = {
-    "tests/sweeps/test_ray_job_submit.py": 540, "tests/scale/test_node_capacity.py": 414,
-    "tests/scale/test_multinode_sweep.py": 369, "tests/faults/test_tracking_outage.py": 355,
-    "tests/ux/test_sweep_experience.py": 349, "tests/faults/test_worker_kill.py": 344,
-    "tests/benchmarks/test_benchmark_smoke.py": 341, "tests/training/test_train_resume.py": 339,
-    "tests/training/test_train_job.py": 333, "tests/faults/test_tracking_outage_budget.py": 265,
-    "tests/sweeps/test_tune_sweep.py": 250, "tests/training/test_examples.py": 246,
-    "tests/scale/test_multinode_fit.py": 217, "tests/scale/test_node_loss.py": 196, "tests/scale/test_bf16.py": 190,
-    "tests/benchmarks/test_benchmark_fit_item.py": 158, "tests/faults/test_divergence.py": 104,
-    "tests/scale/test_zero3_equality.py": 91,
-}
+DURATIONS = Path(__file__).with_name("durations.json")
+_seconds: dict[str, float] = {}
 
 
 def pytest_collection_modifyitems(config, items):
-    """Longest files first (MEASURED_S; other files with `slow` tests next), a stable sort that keeps each file's
-    tests together. `make test` runs pytest-xdist with --dist loadfile --no-loadscope-reorder, which hands files
-    out in this order (xdist's default reorder would start the files with the most tests, i.e. the fast ones)."""
+    """Longest files first (DURATIONS; files with `slow` tests and no measurement next), a stable sort that keeps each
+    file's tests together. `make test` runs pytest-xdist with --dist loadfile --no-loadscope-reorder, which hands
+    files out in this order (xdist's default reorder would start the files with the most tests, i.e. the fast ones)."""
+    measured = json.loads(DURATIONS.read_text()) if DURATIONS.is_file() else {}
     slow_files = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
 
     def weight(item) -> float:
         path = item.nodeid.split("::")[0]
-        return MEASURED_S.get(path, 60 if path in slow_files else 0)
+        return measured.get(path, 60 if path in slow_files else 0)
 
     items.sort(key=lambda item: -weight(item))
+
+
+def pytest_runtest_logreport(report):
+    """Setup, call and teardown seconds per file (under xdist the controller receives every worker's reports)."""
+    path = report.nodeid.split("::")[0]
+    _seconds[path] = _seconds.get(path, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """After a full run (no -k/-m, no paths, not a worker), merge this run's seconds into DURATIONS."""
+    config = session.config
+    full = not (config.option.keyword or config.option.markexpr or config.args != config.getini("testpaths")
+                or getattr(config.option, "lf", False))
+    if hasattr(config, "workerinput") or not full or not _seconds or exitstatus not in (0, 1):
+        return
+    measured = json.loads(DURATIONS.read_text()) if DURATIONS.is_file() else {}
+    measured.update({path: round(seconds) for path, seconds in _seconds.items()})
+    existing = {str(p.relative_to(DURATIONS.parent.parent)) for p in DURATIONS.parent.rglob("test_*.py")}
+    ordered = dict(sorted(((k, v) for k, v in measured.items() if k in existing), key=lambda kv: -kv[1]))
+    DURATIONS.write_text(json.dumps(ordered, indent=0) + "\n")
 
 
 @pytest.fixture(scope="session")

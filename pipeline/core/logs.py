@@ -12,6 +12,8 @@ import os
 import sys
 import warnings
 
+from pipeline.core.ray_compat import train_file_loggers
+
 LEVEL_ENV = "ADEPT_LOG_LEVEL"
 LEVELS = ("debug", "info", "warning", "error")
 # Libraries whose INFO/WARNING chatter drowns the job's own lines; their errors still show.
@@ -78,7 +80,7 @@ def _quiet_libraries(level: str) -> None:
     # line comes from a logger named by its file's path, not by its module.
     train_level = logging.DEBUG if level == "debug" else logging.WARNING
     logging.getLogger("ray.train").setLevel(train_level)  # and train_log_level() in Ray Train's RunConfig
-    for path in _ray_train_file_loggers():
+    for path in train_file_loggers():
         logging.getLogger(path).setLevel(train_level)
     if level != "debug":
         warnings.simplefilter("once")  # each distinct warning once per process, not once per call site
@@ -106,14 +108,3 @@ def _quiet_libraries(level: str) -> None:
             datasets.logging.set_verbosity_error()
         except ImportError:
             pass
-
-
-def _ray_train_file_loggers() -> list[str]:
-    """Ray Train modules that log through `logging.getLogger(__file__)`; found without importing Ray."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("ray")
-    if spec is None or not spec.submodule_search_locations:
-        return []
-    root = list(spec.submodule_search_locations)[0]
-    return [os.path.join(root, "train", "v2", "_internal", "execution", "context.py")]

@@ -2,8 +2,9 @@
 
 `prepare(cfg)` runs before Ray starts a worker: it resolves the task, the backbone (downloading the
 offline alias once, reading its tokenizer and weight-file headers), derives r from the budget, and checks
-the sizes, the storage path and the MLflow store. `make_trainer` / `fit` then build the `TorchTrainer`
-(Ray Train V2) around `pipeline.worker.recipe.train_loop_per_worker` and own the fit's MLflow run.
+the sizes, the storage path and the MLflow store, and returns the run resolved once (`ResolvedRun`).
+`run_fit(run)` then opens the fit's MLflow run and fits the `TorchTrainer` (Ray Train V2) around
+`pipeline.worker.recipe.train_loop_per_worker`; a sweep trial calls the same `run_fit` with its `TrialLink`.
 """
 
 from __future__ import annotations
@@ -14,65 +15,44 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from adept.config import budget_rank
-from pipeline.core.backbone_info import BackboneInfo
+from pipeline.core.backbone_info import inspect_backbone
+from pipeline.core.backbones import ALIASES, resolve_backbone
 from pipeline.core.config import TrainConfig, driver_env
-from pipeline.core.data import fixed_length
+from pipeline.core.errors import UserError
 from pipeline.core.logs import train_log_level
-from pipeline.tracking.store import TrackingOutage
+from pipeline.core.ray_compat import is_worker_group_start_timeout
+from pipeline.core.resolve import ResolvedRun, resolve_run, resolve_task
+from pipeline.driver.ray_setup import init_ray, torch_config
+from pipeline.tracking import (
+    TrackingOutage,
+    check_tracking_server,
+    close_run,
+    fit_run_name,
+    open_run,
+    status_of_error,
+)
+from pipeline.worker.callbacks import resolve_callback_spec
 
 
-@dataclass
-class PreparedRun:
-    config: TrainConfig  # with absolute paths: Ray workers run in another working directory
-    r: int | None
-    hidden_size: int
-    kind: str
-    trainable_params: int
-    tracking_uri: str
-    # How to find the backbone again elsewhere (an alias or HF id as given, else the absolute folder),
-    # and the task's registry name (a custom task's `name`, not its YAML path): recorded as MLflow tags.
-    backbone_ref: str | None = None
-    task_name: str | None = None
-    info: BackboneInfo | None = None  # sizes read from the backbone's config (positions, layers, heads)
-
-    def loop_config(self, mlflow_run_id: str | None) -> dict:
-        # ADEPT_* settings (cache dir, log level, test hooks) reach workers on any node, and in a local
-        # cluster that was started before they were set.
-        return {"train": self.config.to_dict(), "r": self.r, "mlflow_uri": self.tracking_uri,
-                "mlflow_run_id": mlflow_run_id, "env": driver_env(), "launched_at": time.time()}
-
-    @property
-    def display_name(self) -> str:
-        from pipeline.tracking import fit_run_name
-
-        return fit_run_name(self.config.method, self.config.num_virtual_tokens, self.r, self.task_name or
-                            self.config.task)
-
-
-def prepare(cfg: TrainConfig, check_mlflow: bool = True) -> PreparedRun:
-    from pipeline.core.backbone_info import inspect_backbone
-    from pipeline.core.backbones import ALIASES, resolve_backbone
-    from pipeline.core.resolve import resolve_task
-    from pipeline.tracking import check_tracking_server
-
+def prepare(cfg: TrainConfig, check_mlflow: bool = True) -> ResolvedRun:
+    """Every check a user's config can fail, then the run resolved once (see pipeline.core.resolve)."""
     task = resolve_task(cfg)
     if cfg.eval_mode == "rank" and not task.label_strings:
-        raise ValueError(f"eval_mode: 'rank' needs label strings, but task {task.name!r} has none; "
-                         "set eval_mode=generate.")
-    changes = {"storage_path": str(Path(cfg.storage_path).expanduser().resolve())}
+        raise UserError(f"eval_mode: 'rank' needs label strings, but task {task.name!r} has none; "
+                        "set eval_mode=generate.")
+    changes = {"storage_path": str(Path(cfg.storage_path).expanduser().resolve()), "mlflow_uri": cfg.tracking_uri}
     if cfg.task.endswith((".yaml", ".yml")):
         changes["task"] = str(Path(cfg.task).resolve())
+    if cfg.callbacks:
+        changes["callbacks"] = [resolve_callback_spec(spec) for spec in cfg.callbacks]
     resolved = resolve_backbone(cfg.backbone)  # an alias is materialised once here (download/convert/build)
     if cfg.backbone not in ALIASES and Path(resolved).is_dir():
         changes["backbone"] = str(Path(resolved).resolve())  # workers run elsewhere: an absolute folder
-    backbone_ref = changes.get("backbone", cfg.backbone)  # aliases stay aliases: every node resolves its own cache
-    uri = cfg.tracking_uri
-    changes["mlflow_uri"] = uri
     cfg = dataclasses.replace(cfg, **changes)
+    backbone_ref = cfg.backbone  # aliases stay aliases: every node resolves its own cache
 
     info = inspect_backbone(resolved, trust_remote_code=cfg.trust_remote_code)
-    r, params = adapter_size(cfg, info.hidden_size, info.kind)
+    run = resolve_run(cfg, task, info, backbone_ref)
     check_sizes(cfg, info)
 
     storage = Path(cfg.storage_path)
@@ -82,24 +62,10 @@ def prepare(cfg: TrainConfig, check_mlflow: bool = True) -> PreparedRun:
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:
-        raise PermissionError(f"storage_path: {str(storage)!r} is not writable ({err}); choose another.") from err
+        raise UserError(f"storage_path: {str(storage)!r} is not writable ({err}); choose another.") from err
     if check_mlflow:
-        check_tracking_server(uri)
-    return PreparedRun(cfg, r, info.hidden_size, info.kind, params, uri, backbone_ref, task.name, info)
-
-
-def adapter_size(cfg: TrainConfig, hidden_size: int, kind: str) -> tuple[int | None, int]:
-    """(r, trainable parameters) of `cfg` on a backbone of hidden size d: r derived from `budget` if set.
-
-    Raises ValueError for an impossible budget or invalid method settings (no backbone is loaded).
-    """
-    from pipeline.core.resolve import adept_config, tokenize_config
-
-    r = cfg.r
-    if cfg.budget is not None:
-        s = fixed_length(tokenize_config(cfg, kind)) if cfg.method == "dept" else None
-        r = budget_rank(cfg.method, hidden_size, cfg.num_virtual_tokens, cfg.budget, max_length=s)
-    return r, adept_config(cfg, r, kind).num_trainable_params(hidden_size)  # also validates the settings
+        check_tracking_server(cfg.tracking_uri)
+    return run
 
 
 def check_sizes(cfg: TrainConfig, info) -> None:
@@ -107,7 +73,7 @@ def check_sizes(cfg: TrainConfig, info) -> None:
     m = cfg.num_virtual_tokens
     longest = m + (cfg.max_source_length + cfg.max_target_length if info.kind == "causal" else cfg.max_source_length)
     if info.max_positions and longest > info.max_positions:
-        raise ValueError(f"num_virtual_tokens: m={m} + max input {longest - m} = {longest} positions exceeds the "
+        raise UserError(f"num_virtual_tokens: m={m} + max input {longest - m} = {longest} positions exceeds the "
                          f"backbone's {info.max_positions} (max_position_embeddings); lower num_virtual_tokens or "
                          "max_source_length / max_target_length.")
     # Attention scores (micro batch × heads × T² floats per layer, fp32, forward + backward) dominate a long T.
@@ -116,7 +82,7 @@ def check_sizes(cfg: TrainConfig, info) -> None:
     estimate = (per_layer + hidden) * info.num_layers
     available = _memory_bytes(cfg.use_gpu)
     if estimate > available:
-        raise ValueError(f"num_virtual_tokens: m={m} needs about {estimate / 2**30:.0f} GiB of activations per "
+        raise UserError(f"num_virtual_tokens: m={m} needs about {estimate / 2**30:.0f} GiB of activations per "
                          f"worker ({longest} positions × micro batch {cfg.micro_batch_size} × {info.num_layers} "
                          f"layers), more than the {available / 2**30:.0f} GiB here; lower num_virtual_tokens, "
                          "max_source_length or batch_size (or add workers).")
@@ -144,21 +110,23 @@ def cpus_per_worker(cfg: TrainConfig) -> int:
     return max(1, min(total - 1, total // cfg.num_workers)) if not cfg.use_gpu else 1
 
 
-def make_trainer(run: PreparedRun, mlflow_run_id: str | None, callbacks: list | None = None,
+def make_trainer(run: ResolvedRun, mlflow_run_id: str | None, callbacks: list | None = None,
                  worker_cpus: int | None = None):
     """The TorchTrainer of one fit; `worker_cpus` overrides `cpus_per_worker` (sweeps running trials side by side)."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipeline.driver.ray_setup import torch_config
-    from pipeline.worker.recipe import train_loop_per_worker
+    from pipeline.worker.recipe import train_loop_per_worker  # imports Ray and torch: only once a fit starts
 
     cfg = run.config
     # A lost node's workers come back only when the cluster has room again: wait node_wait_s, then fail.
     os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(cfg.node_wait_s)
+    # ADEPT_* settings (cache dir, log level) reach workers on any node, and in a local cluster that was started
+    # before they were set; `launched_at` lets the worker measure Ray Train's start-up.
+    loop_config = {"run": run, "mlflow_run_id": mlflow_run_id, "env": driver_env(), "launched_at": time.time()}
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=run.loop_config(mlflow_run_id),
+        train_loop_config=loop_config,
         torch_config=torch_config(cfg.use_gpu),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": worker_cpus or cpus_per_worker(cfg)},
@@ -176,41 +144,67 @@ def make_trainer(run: PreparedRun, mlflow_run_id: str | None, callbacks: list | 
     )
 
 
-def mlflow_params_and_tags(run: PreparedRun) -> tuple[dict, dict]:
+def mlflow_params_and_tags(run: ResolvedRun) -> tuple[dict, dict]:
     """The columns a user compares runs by (the full config is the artifact config/resolved_config.json)."""
     cfg = run.config
     keys = ("method", "num_virtual_tokens", "budget", "prompt_lr", "offset_lr", "batch_size", "max_steps", "seed",
             "precision", "num_workers", "deepspeed", "zero_stage", "warmup_steps", "weight_decay")
     params = {k: getattr(cfg, k) for k in keys}
-    params.update({"r": run.r, "trainable_params": run.trainable_params, "task": run.task_name or cfg.task,
-                   "backbone": run.backbone_ref or cfg.backbone})
-    tags = {"method": cfg.method, "task_name": run.task_name or cfg.task, "task": cfg.task,
-            "backbone_ref": run.backbone_ref or cfg.backbone, "backbone_kind": run.kind,
-            "trainable_params": str(run.trainable_params)}
+    params.update({"r": run.r, "trainable_params": run.trainable_params, "task": run.task_name,
+                   "backbone": run.backbone_ref})
+    tags = {"method": cfg.method, "task_name": run.task_name, "task": cfg.task, "backbone_ref": run.backbone_ref,
+            "backbone_kind": run.kind, "trainable_params": str(run.trainable_params)}
     return params, tags
 
 
-def fit(run: PreparedRun):
-    """Run one fit to the end in its own MLflow run; returns Ray's `Result` (final metrics, checkpoint)."""
-    from pipeline.driver.ray_setup import init_ray
-    from pipeline.tracking import open_run
+@dataclass(frozen=True)
+class TrialLink:
+    """How a sweep trial's fit hangs under its sweep: the parent MLflow run, the trial's display name and tags.
 
+    A trial's run is closed by the sweep's `TrialRunStatus` callback, which learns how Tune ended the trial
+    (Tune stops the trial function as soon as it has the final result, or when ASHA stops it).
+    """
+
+    parent_run_id: str
+    display_name: str
+    tags: dict[str, str]
+    artifact_root: str
+
+
+def run_fit(run: ResolvedRun, trial: TrialLink | None = None, callbacks: list | None = None,
+            worker_cpus: int | None = None):
+    """One fit to the end in its own MLflow run: `train_adept.py`'s fit, or one sweep trial's.
+
+    Returns Ray's `Result` (final metrics, checkpoint). Raises what Ray Train raises when the fit fails (after its
+    own `max_failures`); a sweep's Tune then retries the trial.
+    """
     cfg = run.config
-    init_ray(cfg.num_workers)
     params, tags = mlflow_params_and_tags(run)
-    ref = open_run(run.tracking_uri, cfg.experiment, cfg.run_name, kind="fit", display_name=run.display_name,
-                   params=params, tags=tags, artifact_root=Path(cfg.storage_path) / "mlflow-artifacts",
-                   budget_s=cfg.tracking_outage_s)
+    if trial is None:
+        init_ray(cfg.num_workers)
+        ref = open_run(run.tracking_uri, cfg.experiment, cfg.run_name, kind="fit", display_name=display_name(run),
+                       params=params, tags=tags, artifact_root=Path(cfg.storage_path) / "mlflow-artifacts",
+                       budget_s=cfg.tracking_outage_s)
+    else:
+        ref = open_run(run.tracking_uri, cfg.experiment, cfg.run_name, kind="trial", display_name=trial.display_name,
+                       params=params, tags={**tags, **trial.tags}, artifact_root=Path(trial.artifact_root),
+                       parent_run_id=trial.parent_run_id, budget_s=cfg.tracking_outage_s)
     error: BaseException | None = None
     try:
-        result = make_trainer(run, ref.run_id).fit()
+        result = make_trainer(run, ref.run_id, callbacks=callbacks, worker_cpus=worker_cpus).fit()
         error = result.error or tracking_error(result.metrics)
         return result
     except BaseException as err:
         error = err
         raise
     finally:
-        close_fit_run(run, ref.run_id, error)
+        if trial is None:
+            close_fit_run(run, ref.run_id, error)
+
+
+def display_name(run: ResolvedRun) -> str:
+    """The fit's MLflow run name, e.g. "adept m8 r45 · movie-sentiment"."""
+    return fit_run_name(run.config.method, run.config.num_virtual_tokens, run.r, run.task_name)
 
 
 def tracking_error(metrics: dict | None) -> TrackingOutage | None:
@@ -220,10 +214,8 @@ def tracking_error(metrics: dict | None) -> TrackingOutage | None:
     return None
 
 
-def close_fit_run(run: PreparedRun, run_id: str, error: BaseException | None) -> None:
+def close_fit_run(run: ResolvedRun, run_id: str, error: BaseException | None) -> None:
     """Give the run its status; if the server is still away, say exactly how to set it later."""
-    from pipeline.tracking import TrackingOutage, close_run, status_of_error
-
     status = status_of_error(error)
     text = None if error is None else f"{type(error).__name__}: {failure_cause(error, run.config)}"
     try:
@@ -243,7 +235,7 @@ def failure_cause(err: BaseException, cfg: TrainConfig) -> str:
     room within node_wait_s (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S): a lost node whose capacity did not return.
     """
     failure = getattr(err, "controller_failure", None)  # ray.train.ControllerError
-    if type(failure).__name__ == "WorkerGroupStartupTimeoutError":  # ray.train.v2._internal: matched by name
+    if is_worker_group_start_timeout(failure):
         return (f"Ray could not place the fit's {cfg.num_workers} worker(s) (placement {cfg.placement_strategy}) "
                 f"within node_wait_s={cfg.node_wait_s:g} s: the cluster has no capacity for them (a lost node did "
                 f"not come back). Add nodes (or lower num_workers, or raise node_wait_s), then re-run with --name "

@@ -14,6 +14,10 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 
+from pipeline.core import ray_compat
+from pipeline.core.errors import UserError
+from pipeline.core.ray_compat import agent_ports
+
 log = logging.getLogger("adept")
 
 LOOPBACK_ENV = {
@@ -24,7 +28,7 @@ LOOPBACK_ENV = {
 }
 
 
-class RayStartError(RuntimeError):
+class RayStartError(UserError):
     """A local Ray cluster could not be started (twice); the message says why."""
 
 
@@ -71,22 +75,11 @@ def _start_local(ray, cpus: int) -> None:
     quiet = os.environ.get("ADEPT_LOG_LEVEL", "info") in ("warning", "error")
     kwargs = {"num_cpus": cpus, "include_dashboard": True, "dashboard_host": "127.0.0.1", "log_to_driver": True,
               "logging_level": logging.WARNING if quiet else logging.INFO}
-    import ray._private.parameter as parameter
-
     ports = iter(_free_ports(4))
     chosen = {"dashboard_agent_listen_port": next(ports), "metrics_agent_port": next(ports),
               "runtime_env_agent_port": next(ports)}
-    original = parameter.RayParams
-
-    class _FreePortParams(original):  # ray.init has no argument for the agents' ports
-        def __init__(self, *args, **kw):
-            super().__init__(*args, **{**kw, **chosen})
-
-    parameter.RayParams = _FreePortParams
-    try:
+    with agent_ports(**chosen):  # ray.init has no argument for the agents' ports
         ray.init(dashboard_port=next(ports), **kwargs)
-    finally:
-        parameter.RayParams = original
 
 
 def _free_ports(n: int) -> list[int]:
@@ -124,19 +117,18 @@ def torch_config(use_gpu: bool = False):
 
 def _loopback_torch_config_class():
     from ray.train.torch import TorchConfig
-    from ray.train.torch.config import _TorchBackend
 
-    class _FileStoreBackend(_TorchBackend):
+    torch_backend, set_env_vars, setup_process_group = ray_compat.torch_backend()
+
+    class _FileStoreBackend(torch_backend):
         """Ray's torch backend, with a FileStore rendezvous and gloo bound to `lo` (all ranks on one machine)."""
 
         def on_start(self, worker_group, backend_config):
-            from ray.train.torch.config import _set_torch_distributed_env_vars, _setup_torch_process_group
-
             store = os.path.join(tempfile.gettempdir(), f"adept-rendezvous-{uuid.uuid4().hex}")
             self._store = store
             worker_group.execute(_loopback_env)
-            worker_group.execute(_set_torch_distributed_env_vars)
-            futures = [worker_group.execute_single_async(i, _setup_torch_process_group, backend="gloo", world_rank=i,
+            worker_group.execute(set_env_vars)
+            futures = [worker_group.execute_single_async(i, setup_process_group, backend="gloo", world_rank=i,
                                                          world_size=len(worker_group), init_method=f"file://{store}",
                                                          timeout_s=backend_config.timeout_s)
                        for i in range(len(worker_group))]

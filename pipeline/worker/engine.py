@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+from dataclasses import dataclass
 
 import torch
 
@@ -63,9 +64,45 @@ def deepspeed_config(cfg: TrainConfig) -> dict:
     }
 
 
-def build_engine(cfg: TrainConfig, model, optimizer, scheduler, device: torch.device, world: int):
+@dataclass
+class DeepSpeedPlan:
+    """The DeepSpeed config of a fit, made once before the model is built.
+
+    Under ZeRO-3 `partitioned` is the `HfDeepSpeedConfig` that makes transformers build the backbone inside
+    `deepspeed.zero.Init` (already partitioned: no worker ever holds the whole model); it must stay alive until
+    the engine exists, so the plan travels from model construction to `build_engine`.
+    """
+
+    config: dict
+    partitioned: object | None = None
+
+
+def deepspeed_plan(cfg: TrainConfig, device: torch.device) -> DeepSpeedPlan | None:
+    """None for DDP. Call before building the model: under ZeRO-3 the backbone is built partitioned."""
+    if not cfg.deepspeed:
+        return None
+    plan = DeepSpeedPlan(deepspeed_config(cfg))
+    if device.type == "cpu":
+        _skip_shm_op()
+    if cfg.zero_stage == 3:
+        import deepspeed
+        from transformers.integrations import HfDeepSpeedConfig
+
+        # zero.Init reads the world size from deepspeed.comm: attach it to Ray Train's process group first.
+        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
+        plan.partitioned = HfDeepSpeedConfig(plan.config)
+    return plan
+
+
+def _skip_shm_op() -> None:
+    """DeepSpeed's shared-memory comm op is a 30-75 s JIT compile on first use, and gloo works without it."""
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+
+
+def build_engine(cfg: TrainConfig, model, optimizer, scheduler, device: torch.device, world: int,
+                 plan: DeepSpeedPlan | None = None):
     if cfg.deepspeed:
-        return DeepSpeedTrainEngine(cfg, model, optimizer, scheduler, device, world)
+        return DeepSpeedTrainEngine(plan or deepspeed_plan(cfg, device), model, optimizer, scheduler, device, world)
     return DDPTrainEngine(cfg, model, optimizer, scheduler, device, world)
 
 
@@ -94,15 +131,13 @@ class _Engine:
 
 
 class DeepSpeedTrainEngine(_Engine):
-    def __init__(self, cfg, model, optimizer, scheduler, device, world):
+    def __init__(self, plan: DeepSpeedPlan, model, optimizer, scheduler, device, world):
         import deepspeed
 
-        if device.type == "cpu":
-            # The shared-memory comm op is a 30-75 s JIT compile on first use and gloo works without it.
-            importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+        self.plan = plan  # keeps ZeRO-3's HfDeepSpeedConfig alive as long as the engine
         self.world, self.optimizer, self.scheduler = world, optimizer, scheduler
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                               config=deepspeed_config(cfg), dist_init_required=False)
+                                               config=plan.config, dist_init_required=False)
         self.module = self.engine.module
         self.loss_kwargs = _loss_kwargs(self.module)
 

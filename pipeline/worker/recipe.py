@@ -1,6 +1,7 @@
 """The Ray Train worker as a recipe: one ADePT / DePT / prompt-tuning fit, read top to bottom.
 
-    recipe = FitRecipe(loop_config)       # on every worker of the TorchTrainer (pipeline.driver.launch)
+    recipe = FitRecipe(loop_config)       # on every worker of the TorchTrainer; loop_config["run"] is the
+                                          # ResolvedRun the driver built (pipeline.driver.launch.prepare)
     recipe.setup()      backbone + adapter, task data, DeepSpeed engine (or DDP), MLflow logger, resume
     recipe.train()      micro-batches -> optimizer steps; every `eval_steps`: validate_and_checkpoint()
     recipe.test()       reload the best adapter, score the test split, final report
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,15 +28,15 @@ from adept.io import load_adapter_state_dict, read_adapter_state_dict, save_adap
 from pipeline.core.config import TrainConfig, apply_driver_env
 from pipeline.core.logs import configure_worker_logging
 from pipeline.core.progress import EvalProgress, TrainProgress
+from pipeline.core.resolve import ResolvedRun
 from pipeline.tracking import RunLogger, ray_key
 from pipeline.worker import checkpoint as ckpt
+from pipeline.worker.callbacks import build_callbacks
 from pipeline.worker.distributed import distributed_evaluate, epoch_batches, gather_objects, reduce_sums
-from pipeline.worker.engine import build_engine, linear_warmup_schedule
+from pipeline.worker.engine import build_engine, deepspeed_plan, linear_warmup_schedule
 from pipeline.worker.setup import build_data, build_model
 
 log = logging.getLogger("adept")
-FAIL_STEP_ENV = "ADEPT_TEST_FAIL_ONCE_AT_STEP"  # test hook: raise once at this step (marker file in storage)
-STEP_SLEEP_ENV = "ADEPT_TEST_STEP_SLEEP_S"  # test hook: pause after each step (fault tests need time to act)
 
 
 class DivergenceError(RuntimeError):
@@ -90,7 +90,9 @@ class FitRecipe:
         apply_driver_env(loop_config.get("env", {}))
         configure_worker_logging()
         self.loop_config = loop_config
-        self.cfg = TrainConfig.from_dict(loop_config["train"])
+        self.run_spec: ResolvedRun = loop_config["run"]
+        self.cfg = self.run_spec.config
+        self.callbacks = build_callbacks(self.cfg.callbacks)
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         use_assigned_cpus()
@@ -109,26 +111,26 @@ class FitRecipe:
         self.rss_before_model = _rss_mib()  # the memory benchmark subtracts it: what the model and data add
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
-        self.model, self.tokenizer, self.kind = build_model(cfg, self.loop_config["r"], self.device)
-        self.data = build_data(cfg, self.tokenizer, self.kind, self.model, verbose=self.rank == 0)
+        plan = deepspeed_plan(cfg, self.device)  # before the model: ZeRO-3 builds the backbone partitioned
+        self.model, self.tokenizer = build_model(self.run_spec, self.device, plan)
+        self.data = build_data(self.run_spec, self.tokenizer, verbose=self.rank == 0)
         if len(self.data.train) // self.world < cfg.micro_batch_size:
             raise ValueError(f"the train split has {len(self.data.train)} rows: too few for {self.world} workers × "
                              f"micro batch {cfg.micro_batch_size}; lower batch_size or num_workers.")
         optimizer = torch.optim.AdamW(self.model.parameter_groups(cfg.prompt_lr, cfg.offset_lr, cfg.weight_decay),
                                       eps=1e-6)
         scheduler = linear_warmup_schedule(optimizer, cfg.warmup_steps, cfg.max_steps)
-        self.engine = build_engine(cfg, self.model, optimizer, scheduler, self.device, self.world)
+        self.engine = build_engine(cfg, self.model, optimizer, scheduler, self.device, self.world, plan)
         checkpoint = ray.train.get_checkpoint()
         if checkpoint:
             with checkpoint.as_directory() as folder:
                 self._resume(Path(folder))
         self._record_nodes()
-        self.logger = RunLogger(self.loop_config.get("mlflow_uri"), self.loop_config.get("mlflow_run_id"), self.rank,
+        self.logger = RunLogger(self.run_spec.tracking_uri, self.loop_config.get("mlflow_run_id"), self.rank,
                                 folder=_journal_folder(cfg), budget_s=cfg.tracking_outage_s,
                                 attempt=len(self.state.resumed_at))
         if not self.state.resumed_at:
-            self.logger.dict({**self.loop_config["train"], "r_resolved": self.loop_config["r"],
-                              "adept": self.model.config.to_dict()}, "config/resolved_config.json")
+            self.logger.dict(self.run_spec.to_json(), "config/resolved_config.json")
             self.logger.datasets(self.data.frames(), self.data.task.name, source=cfg.task)
         self.progress = TrainProgress(cfg.max_steps, self.state.step)
         self.window = Throughput()
@@ -182,9 +184,9 @@ class FitRecipe:
                 if not stepped:
                     continue
                 state.step, state.batch_in_epoch = state.step + 1, index + 1
-                _maybe_inject_failure(cfg, state.step)
-                if os.environ.get(STEP_SLEEP_ENV):
-                    time.sleep(float(os.environ[STEP_SLEEP_ENV]))
+                for callback in self.callbacks:
+                    if hasattr(callback, "on_step_end"):
+                        callback.on_step_end(self)
                 if state.step % cfg.log_steps == 0 or state.step == cfg.max_steps:
                     self.log_training()
                 if state.step % cfg.eval_steps == 0 or state.step == cfg.max_steps:
@@ -371,18 +373,6 @@ def _journal_folder(cfg: TrainConfig) -> Path:
     if "://" in cfg.storage_path:
         return Path(tempfile.gettempdir()) / "adept-journals" / cfg.run_name
     return Path(cfg.storage_path) / cfg.run_name
-
-
-def _maybe_inject_failure(cfg: TrainConfig, step: int) -> None:
-    target = os.environ.get(FAIL_STEP_ENV)
-    if not target or int(target) != step:
-        return
-    marker = Path(cfg.storage_path).resolve() / cfg.run_name / f".failure-injected-at-{step}"
-    if marker.exists():
-        return
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.touch()
-    raise RuntimeError(f"injected failure at step {step} ({FAIL_STEP_ENV})")
 
 
 __all__ = ["DivergenceError", "FitRecipe", "Throughput", "TrainState", "train_loop_per_worker"]

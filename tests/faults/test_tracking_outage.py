@@ -5,6 +5,7 @@ that log what is missing. A real `mlflow server` on 127.0.0.1, stopped and resta
 import time
 
 import pytest
+from fault_hooks import hooks, sleep_each_step
 from fit_helpers import checkpoints, fit_args, journal, kill_tree, only_run, start_fit, wait_for
 from mlflow_server import MlflowServer
 
@@ -16,7 +17,7 @@ def test_outage_shorter_than_the_budget_loses_nothing(synthetic_task, tiny_backb
     storage, name = tmp_path / "runs", "outage"
     args = fit_args(synthetic_task, tiny_backbone, storage, server.url, name, "--num-workers", "1", "--no-deepspeed",
                     "--max-steps", "40", "--eval-steps", "10", "--set", "log_steps=1", "--set", "tracking_outage_s=300")
-    proc = start_fit(args, env={"ADEPT_TEST_STEP_SLEEP_S": "0.3"}, log=tmp_path / "job.log")
+    proc = start_fit([*args, *hooks(sleep_each_step(0.3))], log=tmp_path / "job.log")
     try:
         wait_for(lambda: checkpoints(storage, name), 600, "the first checkpoint", proc)
         server.stop()

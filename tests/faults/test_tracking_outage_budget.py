@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from fault_hooks import hooks, sleep_each_step
 from fit_helpers import ROOT, checkpoints, fit_args, journal, kill_tree, only_run, start_fit, wait_for
 from mlflow_server import MlflowServer
 
@@ -17,7 +18,7 @@ def test_outage_beyond_the_budget_fails_with_the_fix(synthetic_task, tiny_backbo
     storage, name = tmp_path / "runs", "long-outage"
     args = fit_args(synthetic_task, tiny_backbone, storage, server.url, name, "--num-workers", "1", "--no-deepspeed",
                     "--max-steps", "30", "--eval-steps", "10", "--set", "log_steps=1", "--set", "tracking_outage_s=8")
-    proc = start_fit(args, env={"ADEPT_TEST_STEP_SLEEP_S": "0.3"}, log=tmp_path / "job.log")
+    proc = start_fit([*args, *hooks(sleep_each_step(0.3))], log=tmp_path / "job.log")
     try:
         wait_for(lambda: checkpoints(storage, name), 600, "the first checkpoint", proc)
         server.stop()

@@ -6,6 +6,7 @@ services, the dashboard and its agents, the workers' torch.distributed rendezvou
 import signal
 
 import pytest
+from fault_hooks import hooks, sleep_each_step
 from fit_helpers import (
     beyond_loopback,
     checkpoints,
@@ -27,7 +28,7 @@ def test_sigkilled_worker_resumes_exactly(synthetic_task, tiny_backbone, tmp_pat
     storage, uri, name = tmp_path / "runs", f"sqlite:///{tmp_path / 'mlflow.db'}", "killed"
     args = fit_args(synthetic_task, tiny_backbone, storage, uri, name, "--num-workers", "2", "--max-steps", "60",
                     "--eval-steps", "10", "--set", "log_steps=1", "--set", "max_failures=1")
-    proc = start_fit(args, env={"ADEPT_TEST_STEP_SLEEP_S": "0.15"}, log=tmp_path / "job.log")
+    proc = start_fit([*args, *hooks(sleep_each_step(0.15))], log=tmp_path / "job.log")
     seen: dict[str, str] = {}  # every listener of the job's process tree: Ray's services and the 2-rank rendezvous
     try:
         def at_step_25():

@@ -17,6 +17,7 @@ import time
 import psutil
 import pytest
 import yaml
+from fault_hooks import sleep_each_step
 from fit_helpers import ROOT, journal, kill_tree, wait_for
 from mlflow import MlflowClient
 from multinode import LocalCluster, trainer_state
@@ -47,7 +48,7 @@ def test_a_node_lost_under_a_trial_retries_that_trial_only(synthetic_task, tiny_
               "prompt_lr": 0.3, "offset_lr": 0.03, "warmup_steps": 0, "max_steps": 40, "eval_steps": 10,
               "log_steps": 1, "batch_size": 16, "max_source_length": 32, "max_target_length": 4, "deepspeed": False,
               "num_workers": 1, "node_wait_s": 300, "storage_path": str(storage), "mlflow_uri": uri,
-              "experiment": "sweeps",
+              "experiment": "sweeps", "callbacks": [sleep_each_step(0.2)],
               "sweep": {"name": SWEEP, "space": {"prompt_lr": {"grid": [0.3, 0.2]}}, "scheduler": "fifo",
                         "num_samples": 1, "max_failures": 1, "max_concurrent_trials": 2, "cpus_per_worker": 2}}
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(config))
@@ -59,7 +60,7 @@ def test_a_node_lost_under_a_trial_retries_that_trial_only(synthetic_task, tiny_
     try:
         proc = subprocess.Popen([sys.executable, "jobs/tune_adept.py", "--config", str(tmp_path / "sweep.yaml")],
                                 cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, **cluster.env(), "ADEPT_TEST_STEP_SLEEP_S": "0.2"})
+                                env={**os.environ, **cluster.env()})
         wait_for(lambda: train_controllers(cluster) == 2, 600, "both trials' drivers on the head", proc)
         cluster.add_node(cpus=2)
         cluster.add_node(cpus=2)

@@ -4,6 +4,7 @@ checkpoint that the same --name resumes once a node is added (the same MLflow ru
 import time
 
 import pytest
+from fault_hooks import hooks, sleep_each_step
 from fit_helpers import checkpoints, fit_args, journal, kill_tree, only_run, start_fit, wait_for
 from multinode import ZERO3_ON_TWO_NODES, trainer_state
 
@@ -19,7 +20,7 @@ def test_capacity_that_never_returns_fails_clearly_and_the_same_name_resumes(clu
                     "--eval-steps", "10", "--set", "log_steps=1", "--set", "max_failures=1",
                     "--set", "node_wait_s=20")
     log = tmp_path / "job.log"
-    proc = start_fit(args, env={**cluster.env(), "ADEPT_TEST_STEP_SLEEP_S": "0.15"}, log=log)
+    proc = start_fit([*args, *hooks(sleep_each_step(0.15))], env=cluster.env(), log=log)
     try:
         wait_for(lambda: any(p.name.startswith("step_00000020") for p in checkpoints(storage, name)), 600,
                  "a checkpoint at step 20", proc)

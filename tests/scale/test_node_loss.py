@@ -6,6 +6,7 @@ step once."""
 import time
 
 import pytest
+from fault_hooks import hooks, sleep_each_step
 from fit_helpers import checkpoints, fit_args, journal, kill_tree, only_run, start_fit, wait_for
 from multinode import ZERO3_ON_TWO_NODES, reproduces_best_score, trainer_state
 
@@ -18,7 +19,7 @@ def test_lost_node_is_replaced_and_the_fit_resumes_from_its_last_checkpoint(clus
     args = fit_args(synthetic_task, tiny_backbone, storage, uri, name, *ZERO3_ON_TWO_NODES, "--max-steps", "60",
                     "--eval-steps", "10", "--set", "log_steps=1", "--set", "max_failures=1",
                     "--set", "node_wait_s=300")
-    proc = start_fit(args, env={**cluster.env(), "ADEPT_TEST_STEP_SLEEP_S": "0.15"}, log=tmp_path / "job.log")
+    proc = start_fit([*args, *hooks(sleep_each_step(0.15))], env=cluster.env(), log=tmp_path / "job.log")
     try:
         wait_for(lambda: any(p.name.startswith("step_00000020") for p in checkpoints(storage, name)), 600,
                  "a checkpoint at step 20", proc)

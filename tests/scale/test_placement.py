@@ -5,8 +5,13 @@ import os
 
 import pytest
 
+import pipeline.driver.launch
+from pipeline.core.backbone_info import BackboneInfo
 from pipeline.core.config import TrainConfig
-from pipeline.driver.launch import PreparedRun, failure_cause, make_trainer
+from pipeline.core.ray_compat import worker_group_start_timeout_class
+from pipeline.core.resolve import resolve_run
+from pipeline.core.tasks import get_task
+from pipeline.driver.launch import failure_cause, make_trainer
 
 pytestmark = pytest.mark.scale
 
@@ -24,11 +29,11 @@ def test_placement_strategy_is_validated_and_defaults_to_pack():
 
 
 def test_make_trainer_passes_the_placement_strategy_to_ray_train(monkeypatch):
-    import pipeline.driver.ray_setup
-
-    monkeypatch.setattr(pipeline.driver.ray_setup, "torch_config", lambda use_gpu: None)  # it asks a running Ray
+    monkeypatch.setattr(pipeline.driver.launch, "torch_config", lambda use_gpu: None)  # it asks a running Ray
     monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "0")  # make_trainer sets it: restored afterwards
-    run = PreparedRun(config(placement_strategy="STRICT_SPREAD", node_wait_s=20.0), 8, 32, "causal", 680, "sqlite://")
+    info = BackboneInfo(kind="causal", hidden_size=32, num_layers=2, num_heads=2, max_positions=128, vocab_size=100)
+    run = resolve_run(config(placement_strategy="STRICT_SPREAD", node_wait_s=20.0), get_task("movie-sentiment"),
+                      info, "random:llama-tiny")
     trainer = make_trainer(run, None, worker_cpus=1)
     assert trainer.scaling_config.placement_strategy == "STRICT_SPREAD"
     assert trainer.scaling_config.num_workers == 2 and trainer.scaling_config.resources_per_worker == {"CPU": 1}
@@ -41,8 +46,8 @@ def test_make_trainer_passes_the_placement_strategy_to_ray_train(monkeypatch):
 
 def test_no_capacity_within_node_wait_s_is_explained(monkeypatch):
     from ray.train import ControllerError, WorkerGroupError
-    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 
+    WorkerGroupStartupTimeoutError = worker_group_start_timeout_class()  # noqa: N806 - Ray's class
     monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "20")
     cfg = config(placement_strategy="STRICT_SPREAD", node_wait_s=20.0, name="lost")
     cause = failure_cause(ControllerError(WorkerGroupStartupTimeoutError(2)), cfg)

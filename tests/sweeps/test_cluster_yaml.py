@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.core.ray_compat import validate_cluster_yaml
+
 CLUSTER = Path(__file__).resolve().parents[2] / "cluster.yaml"
 
 
@@ -14,13 +16,11 @@ def config():
 
 
 def test_ray_accepts_the_file(config):
-    from ray.autoscaler._private.util import prepare_config, validate_config
-
-    validate_config(prepare_config(config))  # the jsonschema `ray up` checks against
+    validate_cluster_yaml(config)  # the jsonschema `ray up` checks against
     broken = yaml.safe_load(CLUSTER.read_text())
     broken["available_node_types"]["gpu_worker"]["min_worker"] = 0  # a typo must not pass
     with pytest.raises(Exception, match="min_worker"):
-        validate_config(prepare_config(broken))
+        validate_cluster_yaml(broken)
 
 
 def test_cpu_head_and_gpu_workers(config):

@@ -34,16 +34,20 @@ def test_space_forms_and_aliases():
 
 
 def test_budget_mode_derives_r_from_m_and_prompt_tuning_spends_the_budget():
-    base = TrainConfig(method="adept", num_virtual_tokens=60, budget=100)
-    from pipeline.driver.launch import adapter_size
+    from pipeline.core.backbone_info import BackboneInfo
+    from pipeline.core.resolve import resolve_run
+    from pipeline.core.tasks import get_task
 
+    base = TrainConfig(method="adept", num_virtual_tokens=60, budget=100)
+    t5_base = BackboneInfo(kind="seq2seq", hidden_size=768, num_layers=24, num_heads=12, max_positions=None,
+                           vocab_size=32128)
+    run = resolve_run(base, get_task("rte"), t5_base, "t5-base")
     for m, r in [(20, 39), (60, 19), (80, 9)]:  # d=768: r = floor(((100 - m)·768 - 768) / 1537)
-        cfg = trial_config(base, {"m": m})
-        size = adapter_size(cfg, 768, "seq2seq")
-        assert size[0] == r and size[1] <= 100 * 768
+        trial = run.with_config(trial_config(base, {"m": m}))
+        assert trial.r == r and trial.adapter.ffn_hidden_size == r and trial.trainable_params <= 100 * 768
     pt = trial_config(base, {"method": "prompt", "m": 20})
     assert pt.num_virtual_tokens == 100 and pt.r is None and pt.budget is None
-    assert adapter_size(pt, 768, "seq2seq") == (None, 100 * 768)
+    assert (run.with_config(pt).r, run.with_config(pt).trainable_params) == (None, 100 * 768)
 
 
 def test_default_sweep_and_overrides():
@@ -142,7 +146,7 @@ def test_schedulers_searchers_and_local_resources(synthetic_task, tiny_backbone,
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator
 
-    from pipeline.driver.tune import local_cpus, scheduler_and_search
+    from pipeline.driver.tune.run import local_cpus, scheduler_and_search
 
     sweep = {"space": {"m": [2, 4], "prompt_lr": {"loguniform": [0.01, 0.3]}},
              "points_to_evaluate": [{"m": 4, "prompt_lr": 0.1}], "max_concurrent_trials": 2, "cpus_per_worker": 1}

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fault_hooks import fail_once_at
 from mlflow import MlflowClient
 
 from adept.io import WEIGHTS_NAME
@@ -14,12 +15,12 @@ from jobs.tune_adept import main
 pytestmark = pytest.mark.slow
 
 
-def config(tmp_path, synthetic_task, tiny_backbone, sweep):
+def config(tmp_path, synthetic_task, tiny_backbone, sweep, callbacks=None):
     data = {"task": str(synthetic_task), "backbone": str(tiny_backbone), "num_virtual_tokens": 4, "r": 8,
             "prompt_lr": 0.3, "offset_lr": 0.03, "warmup_steps": 0, "max_steps": 20, "eval_steps": 10, "log_steps": 10,
             "batch_size": 16, "max_source_length": 32, "max_target_length": 4, "deepspeed": False,
             "storage_path": str(tmp_path / "runs"), "mlflow_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
-            "experiment": "sweeps", "sweep": sweep}
+            "experiment": "sweeps", "callbacks": callbacks, "sweep": sweep}
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -36,10 +37,9 @@ def runs(tmp_path):
 def test_retry_error_report_and_resume(synthetic_task, tiny_backbone, tmp_path, monkeypatch, capsys):
     # Every trial crashes once at step 15 (Train itself does not retry: max_failures=0); Tune retries the trial,
     # whose Train run resumes from its step-10 checkpoint. batch_size=512 > 256 train rows fails every time.
-    monkeypatch.setenv("ADEPT_TEST_FAIL_ONCE_AT_STEP", "15")
     path = config(tmp_path, synthetic_task, tiny_backbone,
                   {"name": "crashy", "space": {"batch_size": {"grid": [16, 512]}}, "num_samples": 1,
-                   "scheduler": "fifo", "max_failures": 1})
+                   "scheduler": "fifo", "max_failures": 1}, callbacks=[fail_once_at(15)])
     assert main(["--config", str(path)]) == 0
     out = capsys.readouterr().out
     assert "1 completed, 0 stopped early, 1 errored" in out and "too few" in out

@@ -4,6 +4,7 @@
 import json
 
 import pytest
+from fault_hooks import fail_once_at, hooks
 from fit_helpers import only_run
 from train_jobs import args, checkpoints
 
@@ -13,9 +14,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_injected_failure_resumes_from_last_checkpoint(synthetic_task, tiny_backbone, tmp_path, monkeypatch):
-    monkeypatch.setenv("ADEPT_TEST_FAIL_ONCE_AT_STEP", "25")
     rc = main(args(synthetic_task, tiny_backbone, tmp_path, "--num-workers", "2", "--zero-stage", "2",
-                   "--max-steps", "40", "--eval-steps", "10", "--name", "failing", "--set", "max_failures=1"))
+                   "--max-steps", "40", "--eval-steps", "10", "--name", "failing", "--set", "max_failures=1",
+                   *hooks(fail_once_at(25))))
     assert rc == 0
     assert (tmp_path / "runs" / "failing" / ".failure-injected-at-25").exists()
     state = json.loads((checkpoints(tmp_path, "failing")[-1] / "trainer_state.json").read_text())

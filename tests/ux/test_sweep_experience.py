@@ -12,6 +12,7 @@ from collections import Counter
 
 import pytest
 import yaml
+from fault_hooks import sleep_each_step
 from fit_helpers import ROOT, beyond_loopback, watch
 from mlflow import MlflowClient
 
@@ -28,6 +29,7 @@ def sweep(tmp_path_factory, synthetic_task, tiny_backbone):
               "prompt_lr": 0.3, "offset_lr": 0.03, "warmup_steps": 0, "max_steps": 30, "eval_steps": 10,
               "log_steps": 5, "batch_size": 16, "max_source_length": 32, "max_target_length": 4, "deepspeed": False,
               "storage_path": str(root / "runs"), "mlflow_uri": uri, "experiment": "ux",
+              "callbacks": [sleep_each_step(0.05)],
               # trial 0 learns; trial 1 (learning rates of 1e-7) is worse at the step-20 rung: ASHA stops it
               "sweep": {"name": "ux-sweep", "space": {"prompt_lr": [0.3, 1.0e-7], "offset_lr": [0.03, 1.0e-7]},
                         "points_to_evaluate": [{"prompt_lr": 0.3, "offset_lr": 0.03},
@@ -39,7 +41,7 @@ def sweep(tmp_path_factory, synthetic_task, tiny_backbone):
     out = root / "job.log"
     proc = subprocess.Popen([sys.executable, "jobs/tune_adept.py", "--config", str(path)], cwd=ROOT,
                             stdout=open(out, "w"), stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "ADEPT_TEST_STEP_SLEEP_S": "0.05"})
+                            env=os.environ.copy())
     seen = watch(proc)  # the listeners of the sweep's process tree while it runs
     return {"proc": proc, "out": out.read_text(), "uri": uri, "listeners": seen}
 

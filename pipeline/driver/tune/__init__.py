@@ -22,7 +22,8 @@ Re-running a sweep name resumes it (`Tuner.restore`): finished trials are kept, 
 crashed ones continue from their last Train checkpoint (Train run names are derived from trial ids).
 
 Modules: `config` (SweepConfig, the embedded default, the space), `prepare` (checks before Ray),
-`run` (trials on Ray, zero-shot baseline), `report` (MLflow summary, plot, closing text).
+`run` (trials on Ray, zero-shot baseline; imported only once a sweep starts: it imports Ray and torch),
+`report` (MLflow summary, plot, closing text).
 """
 
 from pipeline.driver.tune.config import (
@@ -36,8 +37,6 @@ from pipeline.driver.tune.config import (
 )
 from pipeline.driver.tune.prepare import PreparedSweep, prepare_sweep
 from pipeline.driver.tune.report import SweepOutcome, TrialRow, format_report, plot_sweep
-from pipeline.driver.tune.run import local_cpus, run_sweep, scheduler_and_search, trial_resources, zero_shot
 
 __all__ = ["DEFAULT_CONFIG", "PAPER_GRID", "Dimension", "PreparedSweep", "SweepConfig", "SweepOutcome", "TrialRow",
-           "format_report", "load_sweep", "local_cpus", "parse_space", "plot_sweep", "prepare_sweep", "run_sweep",
-           "scheduler_and_search", "trial_config", "trial_resources", "zero_shot"]
+           "format_report", "load_sweep", "parse_space", "plot_sweep", "prepare_sweep", "trial_config"]

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.config import TrainConfig
-from pipeline.driver.launch import PreparedRun, adapter_size
+from pipeline.core.errors import UserError
+from pipeline.core.resolve import ResolvedRun
+from pipeline.driver.launch import check_sizes, prepare
 from pipeline.driver.tune.config import (
     ALIASES,
     MAX_CHECKED_COMBINATIONS,
@@ -21,13 +23,14 @@ from pipeline.driver.tune.config import (
     parse_space,
     trial_config,
 )
+from pipeline.tracking import check_tracking_server
 
 
 @dataclass
 class PreparedSweep:
     """Everything the sweep needs, checked before Ray starts."""
 
-    base: PreparedRun
+    base: ResolvedRun
     sweep: SweepConfig
     name: str
     dims: list[Dimension]
@@ -62,32 +65,27 @@ class PreparedSweep:
 
 def prepare_sweep(cfg: TrainConfig, sweep: SweepConfig, check_mlflow: bool = True) -> PreparedSweep:
     """Validate the base config, the space (every discrete value, range ends) and a resumed sweep's settings."""
-    from pipeline.core.tasks import get_task
-    from pipeline.driver.launch import prepare
-    from pipeline.tracking import check_tracking_server
-
     dims = parse_space(sweep.space)
     if "r" in {d.key for d in dims} and cfg.budget is not None:
-        raise ValueError(f"budget={cfg.budget} derives r from m in every trial, so r cannot be in the space; "
-                         "remove r from the space, or set budget: null and give r.")
+        raise UserError(f"budget={cfg.budget} derives r from m in every trial, so r cannot be in the space; "
+                        "remove r from the space, or set budget: null and give r.")
     if sweep.search == "optuna":
         if any(d.kind == "grid" for d in dims):
-            raise ValueError("search=optuna samples the space itself: use choice lists, not grid.")
+            raise UserError("search=optuna samples the space itself: use choice lists, not grid.")
         try:
             import optuna  # noqa: F401
         except ImportError as err:
-            raise ValueError("search=optuna needs the optuna package: pip install 'adept-ray[tune]'.") from err
+            raise UserError("search=optuna needs the optuna package: pip install 'adept-ray[tune]'.") from err
     run = prepare(cfg, check_mlflow=False)
     base = run.config
-    task = get_task(run.task_name) if run.task_name and not base.task.endswith((".yaml", ".yml")) else None
-    metrics = task.metrics if task is not None else _task_metrics(base)
+    metrics = run.task.metrics
     metric = sweep.metric or f"val_{metrics[0]}"
     allowed = [f"val_{m}" for m in metrics]  # reported at every evaluation and in the final report
     if metric not in allowed:
-        raise ValueError(f"sweep metric={metric!r} is not reported by task {run.task_name!r}; use one of {allowed}.")
+        raise UserError(f"sweep metric={metric!r} is not reported by task {run.task_name!r}; use one of {allowed}.")
     if sweep.scheduler == "asha" and (sweep.grace_period or base.eval_steps) >= base.max_steps:
-        raise ValueError(f"grace_period={sweep.grace_period or base.eval_steps} >= max_steps={base.max_steps}: ASHA would "
-                         "never decide before a trial ends; lower grace_period (or eval_steps), or use scheduler: fifo.")
+        raise UserError(f"grace_period={sweep.grace_period or base.eval_steps} >= max_steps={base.max_steps}: ASHA would "
+                        "never decide before a trial ends; lower grace_period (or eval_steps), or use scheduler: fifo.")
     _check_combinations(base, dims, run)
     _check_points(base, dims, sweep.points_to_evaluate, run)
 
@@ -101,21 +99,15 @@ def prepare_sweep(cfg: TrainConfig, sweep: SweepConfig, check_mlflow: bool = Tru
         before, now = json.loads(state.read_text()), prepared.fingerprint()
         changed = _diff(before, now)
         if changed:
-            raise ValueError(f"sweep {name!r} already exists in {str(storage)!r} with other settings "
-                             f"({'; '.join(changed[:6])}); re-run it unchanged to resume, or pick another name.")
+            raise UserError(f"sweep {name!r} already exists in {str(storage)!r} with other settings "
+                            f"({'; '.join(changed[:6])}); re-run it unchanged to resume, or pick another name.")
         prepared.resume = True
     if check_mlflow:
         check_tracking_server(run.tracking_uri)
     return prepared
 
 
-def _task_metrics(cfg: TrainConfig) -> tuple[str, ...]:
-    from pipeline.core.resolve import resolve_task
-
-    return resolve_task(cfg).metrics
-
-
-def _check_combinations(base: TrainConfig, dims: list[Dimension], run: PreparedRun) -> None:
+def _check_combinations(base: TrainConfig, dims: list[Dimension], run: ResolvedRun) -> None:
     """Build the TrainConfig (and r, in budget mode) of every discrete combination before any trial runs."""
     probes = [d.probe_values() for d in dims]
     total = math.prod(len(p) for p in probes) if probes else 1
@@ -123,29 +115,26 @@ def _check_combinations(base: TrainConfig, dims: list[Dimension], run: PreparedR
         combos = [{d.key: v} for d, values in zip(dims, probes, strict=True) for v in values]
     else:
         combos = [dict(zip((d.key for d in dims), values, strict=True)) for values in product(*probes)]
-    from pipeline.driver.launch import check_sizes
-
     for params in combos:
         try:
             cfg = trial_config(base, params)
-            adapter_size(cfg, run.hidden_size, run.kind)
-            if run.info is not None:
-                check_sizes(cfg, run.info)  # m beyond the backbone's positions or this machine's memory
-        except (ValueError, TypeError) as err:
+            run.with_config(cfg)  # r from the budget, the adapter's own checks
+            check_sizes(cfg, run.info)  # m beyond the backbone's positions or this machine's memory
+        except UserError as err:
             shown = ", ".join(f"{k}={v}" for k, v in params.items())
-            raise ValueError(f"sweep space point ({shown}) is invalid: {err}") from None
+            raise UserError(f"sweep space point ({shown}) is invalid: {err}") from None
 
 
-def _check_points(base: TrainConfig, dims: list[Dimension], points: list[dict], run: PreparedRun) -> None:
+def _check_points(base: TrainConfig, dims: list[Dimension], points: list[dict], run: ResolvedRun) -> None:
     keys = {d.key for d in dims if d.kind != "constant"}
     for point in points:
         canonical = {ALIASES.get(k, k): v for k, v in point.items()}
         if set(canonical) != keys:
-            raise ValueError(f"sweep points_to_evaluate entry {point} must set exactly the searched keys {sorted(keys)}.")
+            raise UserError(f"sweep points_to_evaluate entry {point} must set exactly the searched keys {sorted(keys)}.")
         try:
-            adapter_size(trial_config(base, canonical), run.hidden_size, run.kind)
-        except (ValueError, TypeError) as err:
-            raise ValueError(f"sweep points_to_evaluate entry {point} is invalid: {err}") from None
+            run.with_config(trial_config(base, canonical))
+        except UserError as err:
+            raise UserError(f"sweep points_to_evaluate entry {point} is invalid: {err}") from None
 
 
 def _diff(before: dict, now: dict, prefix: str = "") -> list[str]:

@@ -1,15 +1,34 @@
-"""Running a sweep on Ray: one Tune function per trial that runs a Ray Train fit, the zero-shot baseline,
-and collecting what Tune reports into the outcome."""
+"""Running a sweep on Ray: one Tune function per trial that runs a Ray Train fit (`run_fit`), the zero-shot
+baseline, and collecting what Tune reports into the outcome.
+
+Imported only when a sweep starts (jobs/tune_adept.py, after every check): it imports Ray, Tune and torch.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.core.config import TrainConfig, apply_driver_env, driver_env
-from pipeline.driver.launch import PreparedRun, adapter_size
+import pandas as pd
+import ray
+import torch
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import BasicVariantGenerator
+
+from pipeline.core.backbones import load_backbone
+from pipeline.core.config import apply_driver_env, driver_env
+from pipeline.core.evaluation import evaluate
+from pipeline.core.logs import configure_worker_logging
+from pipeline.core.ray_compat import set_restored_callbacks
+from pipeline.core.resolve import ResolvedRun
+from pipeline.driver.launch import TrialLink, cpus_per_worker, mlflow_params_and_tags, run_fit
+from pipeline.driver.ray_setup import init_ray
+from pipeline.driver.tune.callbacks import SweepProgress, TrialRunStatus, completed, trial_index
 from pipeline.driver.tune.config import (
     ALIASES,
     STATE_FILE,
@@ -20,14 +39,20 @@ from pipeline.driver.tune.config import (
 )
 from pipeline.driver.tune.prepare import PreparedSweep
 from pipeline.driver.tune.report import SweepOutcome, TrialRow, summarise
+from pipeline.tracking import (
+    close_open_children,
+    close_run,
+    experiment_id,
+    find_run,
+    open_run,
+    status_of_error,
+    trial_run_name,
+)
+from pipeline.worker.recipe import use_assigned_cpus
 
 
-def trial_resources(run: PreparedRun, worker_cpus: int | None = None) -> tuple[dict[str, float], int]:
+def trial_resources(run: ResolvedRun, worker_cpus: int | None = None) -> tuple[dict[str, float], int]:
     """(resources of one trial's driver, how many trials the cluster holds at once)."""
-    import ray
-
-    from pipeline.driver.launch import cpus_per_worker
-
     cfg = run.config
     total = ray.cluster_resources()
     cpus = cfg.num_workers * (worker_cpus or cpus_per_worker(cfg)) + 1  # the workers + the trial's driver
@@ -37,34 +62,30 @@ def trial_resources(run: PreparedRun, worker_cpus: int | None = None) -> tuple[d
     return {"CPU": 1}, max(1, fits)
 
 
-def adept_trial(params: dict, *, base: dict, sweep: str, trials_storage: str, parent_run_id: str,
-                artifact_root: str, worker_cpus: int | None, hidden_size: int, kind: str, tracking_uri: str,
-                backbone_ref: str, task_name: str, env: dict[str, str]) -> None:
-    """One Tune trial = one Ray Train fit, logged into a child MLflow run of the sweep's run.
+@dataclass(frozen=True)
+class SweepContext:
+    """What every trial of one sweep shares besides the base run (sent once to Tune with `with_parameters`)."""
 
-    The run is opened here and closed by the sweep's `TrialRunStatus` callback, which learns first how the
-    trial ended (Tune stops this function as soon as it has the final result, or when ASHA stops it).
-    """
-    apply_driver_env(env)  # the job's ADEPT_* settings, whenever and wherever the cluster started
-    from ray import tune
+    sweep: str
+    trials_storage: str
+    parent_run_id: str
+    artifact_root: str
+    worker_cpus: int | None
+    env: dict[str, str]
 
-    from pipeline.driver.launch import make_trainer, mlflow_params_and_tags
-    from pipeline.driver.tune.callbacks import trial_index
-    from pipeline.tracking import open_run, trial_run_name
 
+def adept_trial(params: dict, *, base: ResolvedRun, ctx: SweepContext) -> None:
+    """One Tune trial = one Ray Train fit (`run_fit`), logged into a child MLflow run of the sweep's run."""
+    apply_driver_env(ctx.env)  # the job's ADEPT_* settings, whenever and wherever the cluster started
     trial_id = tune.get_context().get_trial_id()
-    cfg = trial_config(TrainConfig.from_dict(base), params, name=f"{sweep}-{trial_id}", storage_path=trials_storage)
-    r, n_params = adapter_size(cfg, hidden_size, kind)
-    run = PreparedRun(cfg, r, hidden_size, kind, n_params, tracking_uri, backbone_ref, task_name)
-    mlflow_params, tags = mlflow_params_and_tags(run)
-    tags.update({SWEEP_TAG: sweep, "ray.trial_id": trial_id})
-    ref = open_run(tracking_uri, cfg.experiment, cfg.run_name, kind="trial",
-                   display_name=trial_run_name(trial_index(trial_id), params, r, sweep, m=cfg.num_virtual_tokens),
-                   params=mlflow_params,
-                   tags=tags, artifact_root=Path(artifact_root), parent_run_id=parent_run_id,
-                   budget_s=cfg.tracking_outage_s)
-    # fit() raises when the run fails (after Train's own max_failures); Tune then retries the trial
-    make_trainer(run, ref.run_id, callbacks=[_report_callback()], worker_cpus=worker_cpus).fit()
+    run = base.with_config(trial_config(base.config, params, name=f"{ctx.sweep}-{trial_id}",
+                                        storage_path=ctx.trials_storage))
+    link = TrialLink(parent_run_id=ctx.parent_run_id, artifact_root=ctx.artifact_root,
+                     display_name=trial_run_name(trial_index(trial_id), params, run.r, ctx.sweep,
+                                                 m=run.config.num_virtual_tokens),
+                     tags={SWEEP_TAG: ctx.sweep, "ray.trial_id": trial_id})
+    # raises when the fit fails (after Train's own max_failures); Tune then retries the trial
+    run_fit(run, trial=link, callbacks=[_report_callback()], worker_cpus=ctx.worker_cpus)
 
 
 def _report_callback():
@@ -74,8 +95,6 @@ def _report_callback():
     fit() still shuts Train down, and a Train controller stopped that way leaves its workers' CPUs/GPUs
     reserved until Ray's placement-group cleaner notices. Without it the trial ends when fit() returns.
     """
-    from ray.tune.integration.ray_train import TuneReportCallback
-
     class _TrialReport(TuneReportCallback):
         def after_report(self, run_context, metrics, checkpoint):
             metrics = [{k: v for k, v in m.items() if k != "done"} for m in metrics]
@@ -100,19 +119,11 @@ def _trial_dirname(trial) -> str:
 
 def _trial_name(trial) -> str:
     """What Tune's own status table shows for a trial: "t03 m8 plr0.01" rather than an internal id."""
-    from pipeline.driver.tune.callbacks import trial_index
-    from pipeline.tracking import trial_run_name
-
     return trial_run_name(trial_index(trial.trial_id), trial.config or {}, None, "").removesuffix(" · ")
 
 
 def run_sweep(prep: PreparedSweep, log=print) -> SweepOutcome:
     """Start (or resume) the sweep on the Ray cluster and summarise it in MLflow."""
-
-    from pipeline.driver.launch import mlflow_params_and_tags
-    from pipeline.driver.ray_setup import init_ray
-    from pipeline.driver.tune.callbacks import SweepProgress, TrialRunStatus
-    from pipeline.tracking import close_open_children, close_run, open_run, status_of_error
 
     t0 = time.time()
     run, cfg, sweep = prep.base, prep.base.config, prep.sweep
@@ -150,17 +161,12 @@ def run_sweep(prep: PreparedSweep, log=print) -> SweepOutcome:
 
 
 def _run_tuner(prep: PreparedSweep, parent_run_id: str, log, callbacks: list):
-    from ray import tune
-
     run, cfg, sweep = prep.base, prep.base.config, prep.sweep
     resources, fits = trial_resources(run, sweep.cpus_per_worker)
     concurrent = sweep.max_concurrent_trials or fits
-    trainable = tune.with_resources(tune.with_parameters(
-        adept_trial, base=cfg.to_dict(), sweep=prep.name, trials_storage=str(prep.trials_storage),
-        parent_run_id=parent_run_id, artifact_root=str(prep.artifact_root), worker_cpus=sweep.cpus_per_worker,
-        hidden_size=run.hidden_size, kind=run.kind, tracking_uri=run.tracking_uri,
-        backbone_ref=run.backbone_ref or cfg.backbone, task_name=run.task_name or "",
-        env=driver_env()), resources)
+    ctx = SweepContext(prep.name, str(prep.trials_storage), parent_run_id, str(prep.artifact_root),
+                       sweep.cpus_per_worker, driver_env())
+    trainable = tune.with_resources(tune.with_parameters(adept_trial, base=run, ctx=ctx), resources)
     path = str(prep.storage)
     run_config = tune.RunConfig(name=prep.name, storage_path=str(Path(cfg.storage_path)), verbose=0,
                                 failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
@@ -168,9 +174,7 @@ def _run_tuner(prep: PreparedSweep, parent_run_id: str, log, callbacks: list):
     if tune.Tuner.can_restore(path):
         log(f"[adept] resuming sweep {prep.name!r} from {path}")
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
-        saved = getattr(getattr(tuner, "_local_tuner", None), "_run_config", None)
-        if saved is not None:  # restore() brings back the pickled callbacks; give it fresh ones (new clock)
-            saved.callbacks = callbacks
+        set_restored_callbacks(tuner, callbacks)  # not the pickled ones of the first run (their clock, their URI)
     else:
         scheduler, search = scheduler_and_search(prep, concurrent)
         log(f"[adept] sweep {prep.name!r}: {sweep.num_samples} sample(s) of {_describe(prep.dims)}; "
@@ -190,9 +194,6 @@ def _run_tuner(prep: PreparedSweep, parent_run_id: str, log, callbacks: list):
 
 def scheduler_and_search(prep: PreparedSweep, concurrent: int):
     """Tune's trial scheduler (ASHA or FIFO) and search algorithm (random/grid variants or Optuna TPE)."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import BasicVariantGenerator
-
     sweep = prep.sweep
     points = [{ALIASES.get(k, k): v for k, v in p.items()} for p in sweep.points_to_evaluate]
     # ASHA decides only at its rungs, grace_period · reduction_factor^k steps < max_steps; a trial it keeps
@@ -201,7 +202,7 @@ def scheduler_and_search(prep: PreparedSweep, concurrent: int):
                                reduction_factor=sweep.reduction_factor, stop_last_trials=False)
                  if sweep.scheduler == "asha" else FIFOScheduler())
     if sweep.search == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
+        from ray.tune.search.optuna import OptunaSearch  # optional: the `tune` extra
 
         return scheduler, OptunaSearch(seed=sweep.seed, points_to_evaluate=points or None)
     return scheduler, BasicVariantGenerator(random_state=sweep.seed, max_concurrent=concurrent,
@@ -218,17 +219,11 @@ def _describe(dims: list[Dimension]) -> str:
 
 
 def _trial_row(prep: PreparedSweep, res) -> TrialRow:
-    import pandas as pd
-
-    from pipeline.driver.tune.callbacks import completed
-    from pipeline.tracking import experiment_id, find_run
-
     cfg = prep.base.config
     trial_id = Path(res.path).name
     df = res.metrics_dataframe
     params = {k: res.config[k] for k in (d.key for d in prep.dims) if k in (res.config or {})}
-    trial_cfg = trial_config(cfg, params)
-    r, n_params = adapter_size(trial_cfg, prep.base.hidden_size, prep.base.kind)
+    trial = prep.base.with_config(trial_config(cfg, params))
     score = best_step = last_step = adapter = step_s = None
     test: dict[str, float] = {}
     if df is not None and len(df) and prep.metric in df:
@@ -260,7 +255,7 @@ def _trial_row(prep: PreparedSweep, res) -> TrialRow:
     error = None
     if res.error is not None:
         error = (str(res.error).strip().splitlines() or [type(res.error).__name__])[-1][:300]
-    return TrialRow(trial_id, status, params, r, n_params, score, best_step, last_step, test, run_name,
+    return TrialRow(trial_id, status, params, trial.r, trial.trainable_params, score, best_step, last_step, test, run_name,
                     found.info.run_id if found else None, adapter, error, step_s)
 
 
@@ -270,10 +265,6 @@ def zero_shot(prep: PreparedSweep, log=print) -> dict[str, float]:
 
     Runs as a Ray task with a trial worker's resources; cached beside the sweep's state.
     """
-    import ray
-
-    from pipeline.driver.launch import cpus_per_worker
-
     cache = prep.storage / ZERO_SHOT_FILE
     if cache.is_file():
         return json.loads(cache.read_text())
@@ -283,28 +274,18 @@ def zero_shot(prep: PreparedSweep, log=print) -> dict[str, float]:
     t0 = time.time()
     cpus = prep.sweep.cpus_per_worker or cpus_per_worker(cfg)
     task = ray.remote(num_cpus=cpus, num_gpus=1 if cfg.use_gpu else 0)(_zero_shot_task)
-    metrics = ray.get(task.remote(cfg.to_dict(), driver_env()))
+    metrics = ray.get(task.remote(prep.base, driver_env()))
     log(f"[adept] zero-shot: {metrics} in {time.time() - t0:.0f} s")
     cache.write_text(json.dumps(metrics))
     return metrics
 
 
-def _zero_shot_task(cfg_dict: dict, env: dict[str, str]) -> dict[str, float]:
-    import torch
-
-    from pipeline.core.backbones import load_backbone
-    from pipeline.core.evaluation import EvalConfig, evaluate
-    from pipeline.core.logs import configure_worker_logging
-    from pipeline.core.resolve import resolve_task, tokenize_config
-    from pipeline.worker.recipe import use_assigned_cpus
-
+def _zero_shot_task(run: ResolvedRun, env: dict[str, str]) -> dict[str, float]:
     apply_driver_env(env)
     configure_worker_logging()
     use_assigned_cpus()
-    cfg = TrainConfig.from_dict(cfg_dict)
-    model, tokenizer, kind = load_backbone(cfg.backbone, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    cfg = run.config
+    model, tokenizer, _ = load_backbone(cfg.backbone, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
     model.to("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
-    task = resolve_task(cfg)
-    validation = task.get_split("validation", max_examples=cfg.max_eval_examples)
-    config = EvalConfig(tokenize=tokenize_config(cfg, kind), eval_mode=cfg.eval_mode, batch_size=cfg.eval_batch_size)
-    return evaluate(model, tokenizer, task, validation, config).metrics
+    validation = run.task.get_split("validation", max_examples=cfg.max_eval_examples)
+    return evaluate(model, tokenizer, run.task, validation, run.eval).metrics
