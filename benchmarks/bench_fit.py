@@ -25,9 +25,8 @@ DEFAULT_CONFIG = ROOT / "configs" / "demo.yaml"  # the demo's base settings (its
 
 
 def run(config: Path, steps: int, log_steps: int, eval_rows: int = 16, device: str = "cpu", log=print) -> list[dict]:
-    from mlflow import MlflowClient
-
     from pipeline.core.config import TrainConfig
+    from pipeline.tracking import metric_history, search_runs
 
     if steps < 2 * log_steps:
         raise ValueError(f"steps={steps} gives fewer than 2 throughput windows of log_steps={log_steps}")
@@ -45,10 +44,8 @@ def run(config: Path, steps: int, log_steps: int, eval_rows: int = 16, device: s
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
             raise RuntimeError(f"the fit failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-        client = MlflowClient(uri)
-        (found,) = client.search_runs([client.get_experiment_by_name(cfg.experiment).experiment_id])
-        history = {key: [m.value for m in sorted(client.get_metric_history(found.info.run_id, key),
-                                                 key=lambda m: m.step)]
+        (found,) = search_runs(uri, experiment=cfg.experiment)
+        history = {key: [value for _, value in metric_history(uri, found.info.run_id, key)]
                    for key in ("perf/tokens_per_s", "perf/samples_per_s")}
     history = {k.removeprefix("perf/"): v for k, v in history.items()}
     steady = {k: v[1:] for k, v in history.items()}

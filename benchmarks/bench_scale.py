@@ -37,7 +37,7 @@ MEMORY_RUNS = {"1 worker": ["--num-workers", "1"], "2 workers": ["--num-workers"
 def memory_rows(backbone: str = "random:llama-1b", steps: int = 2, precision: str = "fp32", log=print,
                 runs: list[str] | None = None) -> list[dict]:
     """fp32 by default: CPUs without AVX-512 BF16 (this project's 2-core machines) run bf16 matmuls ~12× slower."""
-    from mlflow import MlflowClient
+    from pipeline.tracking import search_runs
 
     rows = []
     for label, extra in MEMORY_RUNS.items():
@@ -59,8 +59,7 @@ def memory_rows(backbone: str = "random:llama-1b", steps: int = 2, precision: st
             wall = time.perf_counter() - t0
             if proc.returncode != 0:
                 raise RuntimeError(f"{label}: the fit failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-            client = MlflowClient(uri)
-            (run,) = client.search_runs([client.get_experiment_by_name("adept").experiment_id])
+            (run,) = search_runs(uri, experiment="adept")
             m = run.data.metrics
             workers = int(extra[1])
             added = [m[f"perf/peak_rss_mib_r{k}"] - m[f"perf/rss_before_model_mib_r{k}"] for k in range(workers)]

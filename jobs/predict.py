@@ -75,16 +75,14 @@ def load_model(args, options: dict):
     """A model with .predict(frame): from the registry / a pyfunc folder, or an adapter folder directly."""
     source = args.model
     if source.startswith(("models:/", "runs:/")) or (Path(source) / "MLmodel").is_file():
-        import mlflow
-
         from pipeline.tracking import check_tracking_server, default_tracking_uri
+        from pipeline.tracking import load_model as load_pyfunc
 
+        uri = None
         if source.startswith(("models:/", "runs:/")):
             uri = args.mlflow_uri or default_tracking_uri()
             check_tracking_server(uri)  # seconds, not minutes of retries, when the server is away
-            mlflow.set_tracking_uri(uri)
-            mlflow.set_registry_uri(uri)
-        return mlflow.pyfunc.load_model(source, model_config=options or None)
+        return load_pyfunc(source, model_config=options or None, uri=uri)
     return load_adapter_folder(Path(source), args, options)
 
 
@@ -141,12 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     cli.start(args)
 
     try:
-        from mlflow.exceptions import MlflowException
+        from pipeline.tracking import request_errors
 
         frame = read_inputs(args.input)
         model = load_model(args, load_options(args))
         predictions = model.predict(frame)
-    except (*cli.user_errors(), MlflowException) as err:
+    except (*cli.user_errors(), *request_errors()) as err:
         return cli.fail(err)
     frame = frame.copy()
     frame["prediction"] = list(predictions)

@@ -18,6 +18,9 @@ to pass another copy (`model_config={"backbone": ...}`, `predict.py --backbone`,
 label string (rank scoring) or generated answer per row; an empty request (no rows, no columns) gives `[]`; a
 missing column - also when MLflow dropped every column as unknown - is an `MlflowException` (HTTP 400 from
 `mlflow models serve`) naming the missing and the expected ones.
+
+MLflow reaches this file only through `pipeline.tracking` (PythonModel, set_model, bad_input,
+logged_model_config); loading it finds `pipeline` and `adept` among the model's code_paths.
 """
 
 from __future__ import annotations
@@ -25,9 +28,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import pandas as pd
-from mlflow.pyfunc import PythonModel
+
+from pipeline.tracking import PythonModel, bad_input, logged_model_config, set_model
 
 
 class AdeptPyfunc(PythonModel):
@@ -74,9 +77,6 @@ class AdeptPyfunc(PythonModel):
         return self
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[str]:
-        from mlflow.exceptions import MlflowException
-        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-
         from pipeline.core.evaluation import predict_generate, predict_rank
         from pipeline.serving.config import DROPPED_COLUMNS, InputError
 
@@ -84,7 +84,7 @@ class AdeptPyfunc(PythonModel):
         try:
             sources = self.config.sources(frame, dropped=DROPPED_COLUMNS.take())
         except InputError as err:  # the scoring server turns this into HTTP 400 with our message
-            raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
+            raise bad_input(str(err)) from None
         if not sources:
             return []
         if self.config.eval_mode == "rank":
@@ -116,12 +116,10 @@ def _unavailable(backbone: str, recorded: str, err: BaseException) -> str:
 
 def _logged_config(context) -> dict | None:
     """The model_config as logged (the MLmodel file beside the artifacts), to tell which keys a loader changed."""
-    from mlflow.models import Model
-
     for artifact in context.artifacts.values():
         for folder in Path(artifact).parents[:3]:
             if (folder / "MLmodel").is_file():
-                return Model.load(str(folder)).flavors.get("python_function", {}).get("config")
+                return logged_model_config(folder)
     return None
 
 
@@ -138,4 +136,4 @@ def _as_frame(model_input) -> pd.DataFrame:
 from pipeline.serving.config import watch_dropped_columns  # noqa: E402 - standard library only
 
 watch_dropped_columns()
-mlflow.models.set_model(AdeptPyfunc())
+set_model(AdeptPyfunc())

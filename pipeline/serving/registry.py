@@ -11,6 +11,8 @@ format, lengths); it carries a signature and an input example. The version has t
 score, backbone, source_run_id, sweep, trial). The alias `champion` moves to the new version only when its
 score beats the current champion's on the same metric, or with `force=True`. Versions are never deleted or
 overwritten; registering the same run twice reuses its version.
+
+This module decides; `pipeline.tracking` (models, runs) makes every MLflow call, each with its URI.
 """
 
 from __future__ import annotations
@@ -70,18 +72,13 @@ class Registration:
 
 def best_of_sweep(uri: str, sweep: str, experiment: str | None = None) -> Candidate:
     """The best trial of a sweep (the `best_run_id` tag its parent run got at the end)."""
-    from pipeline.tracking import KIND_TAG, RUN_KEY_TAG, client
+    from pipeline.tracking import KIND_TAG, RUN_KEY_TAG, search_runs
 
-    store = client(uri)
-    if experiment is not None:
-        exp = store.get_experiment_by_name(experiment)
-        if exp is None:
-            raise ValueError(f"--experiment: no MLflow experiment {experiment!r} in {uri}.")
-        ids = [exp.experiment_id]
-    else:
-        ids = [e.experiment_id for e in store.search_experiments()]
-    parents = store.search_runs(ids, filter_string=f"tags.`{RUN_KEY_TAG}` = '{sweep}' and tags.`{KIND_TAG}` = 'sweep'",
-                                order_by=["attributes.start_time DESC"], max_results=1)
+    try:
+        parents = search_runs(uri, f"tags.`{RUN_KEY_TAG}` = '{sweep}' and tags.`{KIND_TAG}` = 'sweep'",
+                              experiment=experiment, order_by=["attributes.start_time DESC"], max_results=1)
+    except LookupError:
+        raise ValueError(f"--experiment: no MLflow experiment {experiment!r} in {uri}.") from None
     if not parents:
         raise ValueError(f"--sweep: no sweep named {sweep!r} in {uri}" + (f" (experiment {experiment!r})" if experiment
                                                                            else "")
@@ -96,35 +93,28 @@ def best_of_sweep(uri: str, sweep: str, experiment: str | None = None) -> Candid
 
 def candidate_from_run(uri: str, run_id: str, metric: str | None = None) -> Candidate:
     """A trial or single-fit run: score = its best validation value of `metric` (default: the task's primary)."""
-    from mlflow.exceptions import MlflowException
+    from pipeline.tracking import PARENT_TAG, download_artifacts, get_run, list_artifacts, metric_history
 
-    from pipeline.tracking import PARENT_TAG, client
-
-    store = client(uri)
     try:
-        run = store.get_run(run_id)
-    except MlflowException as err:
-        raise ValueError(f"--run-id: no run {run_id!r} in {uri} ({err.message[:200]}).") from None
+        run = get_run(uri, run_id)
+    except LookupError as err:
+        raise ValueError(f"--run-id: no run {run_id!r} in {uri} ({str(err)[:200]}).") from None
     tags = run.data.tags
-    if not store.list_artifacts(run_id, "best_adapter"):
+    if not list_artifacts(uri, run_id, "best_adapter"):
         raise ValueError(f"--run-id: run {run_id} has no best_adapter artifact (not an adept fit, or it never "
                          "finished an evaluation).")
     with tempfile.TemporaryDirectory() as tmp:
-        import mlflow
-
-        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=RESOLVED_CONFIG, dst_path=tmp,
-                                                   tracking_uri=uri)
-        train = json.loads(Path(path).read_text())
+        train = json.loads(Path(download_artifacts(uri, run_id, RESOLVED_CONFIG, tmp)).read_text())
     task_name = tags.get("task_name") or Path(train["task"]).stem
     if metric is None:
         from pipeline.core.config import TrainConfig
         from pipeline.core.resolve import resolve_task
 
         metric = f"val/{resolve_task(TrainConfig.from_resolved(train)).primary_metric}"
-    history = store.get_metric_history(run_id, metric)
+    history = metric_history(uri, run_id, metric)
     if not history:
         raise ValueError(f"--run-id: run {run_id} has no metric {metric!r}.")
-    score = max(m.value for m in history)
+    score = max(value for _, value in history)
     return Candidate(run_id, score, metric, "max", task_name, train, dict(tags), sweep=tags.get("adept.sweep"),
                      trial_id=tags.get("ray.trial_id"), parent_run_id=tags.get(PARENT_TAG))
 
@@ -147,37 +137,27 @@ def serving_config(candidate: Candidate):
 
 def log_adept_model(uri: str, candidate: Candidate, run_id: str, bundle_backbone: bool = False):
     """Log the candidate's best adapter as a pyfunc model into `run_id` (a registration run); MLflow's ModelInfo."""
-    import mlflow
+    from pipeline.tracking import download_artifacts, log_code_model
 
     config, resolved = serving_config(candidate)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
     with tempfile.TemporaryDirectory(prefix="adept-register-") as tmp:
-        adapter = mlflow.artifacts.download_artifacts(run_id=candidate.run_id, artifact_path="best_adapter",
-                                                      dst_path=tmp, tracking_uri=uri)
-        artifacts = {"adapter": adapter}
+        artifacts = {"adapter": download_artifacts(uri, candidate.run_id, "best_adapter", tmp)}
         if bundle_backbone:
             if not Path(resolved).is_dir():
                 raise ValueError(f"--bundle-backbone: backbone {candidate.backbone_ref!r} is not a local folder.")
             artifacts["backbone"] = resolved
-        with mlflow.start_run(run_id=run_id):  # log_model logs into the active run (it has no run_id argument)
-            info = mlflow.pyfunc.log_model(
-                name="adept_model", python_model=str(MODEL_CODE), artifacts=artifacts,
-                model_config=config.to_model_config(), signature=signature(config),
-                input_example=input_example(candidate, config), code_paths=[str(p) for p in PACKAGES],
-                pip_requirements=PIP_REQUIREMENTS,
-                tags={"adept.task": config.task, "adept.backbone": config.backbone},
-            )
-    return info
+        return log_code_model(
+            uri, run_id, name="adept_model", code=MODEL_CODE, artifacts=artifacts,
+            model_config=config.to_model_config(), signature=signature(config),
+            input_example=input_example(candidate, config), code_paths=[str(p) for p in PACKAGES],
+            pip_requirements=PIP_REQUIREMENTS, tags={"adept.task": config.task, "adept.backbone": config.backbone})
 
 
 def signature(config):
     """Inputs: the task's columns or `source` (each optional: one of the two forms); output: one string per row."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
+    from pipeline.tracking import string_signature
 
-    inputs = Schema([ColSpec("string", c, required=False) for c in [*config.columns, "source"]])
-    return ModelSignature(inputs=inputs, outputs=Schema([ColSpec("string", "prediction")]))
+    return string_signature([*config.columns, "source"], ["prediction"])
 
 
 def input_example(candidate: Candidate, config):
@@ -200,29 +180,30 @@ def input_example(candidate: Candidate, config):
 def register(uri: str, candidate: Candidate, name: str | None = None, force: bool = False,
              bundle_backbone: bool = False) -> Registration:
     """Register `candidate` as a new version of `name` (default adept-<task>); move @champion if it wins."""
-    from mlflow.exceptions import MlflowException
+    from pipeline.tracking import ensure_registered_model, model_versions
 
-    from pipeline.tracking import client
-
-    store = client(uri)
     name = name or candidate.model_name
-    try:
-        store.get_registered_model(name)
-    except MlflowException:
-        store.create_registered_model(name, description=f"ADePT adapters for {candidate.task_name}; see adept-ray.")
-    existing = store.search_model_versions(f"name = '{name}' and tags.source_run_id = '{candidate.run_id}'")
+    ensure_registered_model(uri, name, description=f"ADePT adapters for {candidate.task_name}; see adept-ray.")
+    existing = model_versions(uri, name, tags={"source_run_id": candidate.run_id})
     if existing:
-        version, new = sorted(existing, key=lambda v: int(v.version))[-1], False
+        version, new = existing[-1], False
     else:
         version, new = _new_version(uri, name, candidate, bundle_backbone), True
-    return _move_champion(store, name, version, new, candidate, force)
+    return _move_champion(uri, name, version, new, candidate, force)
 
 
 def _new_version(uri: str, name: str, candidate: Candidate, bundle_backbone: bool):
-    from pipeline.tracking import FAILED, FINISHED, client, close_run, open_run
+    from pipeline.tracking import (
+        FAILED,
+        FINISHED,
+        close_run,
+        create_model_version,
+        experiment_name,
+        get_run,
+        open_run,
+    )
 
-    experiment = client(uri).get_run(candidate.run_id).info.experiment_id
-    exp_name = client(uri).get_experiment(experiment).name
+    exp_name = experiment_name(uri, get_run(uri, candidate.run_id).info.experiment_id)
     ref = open_run(uri, exp_name, f"register-{name}-{candidate.run_id}", kind="registration",
                    display_name=f"register · {name} · {candidate.tags.get('mlflow.runName', candidate.run_id)}",
                    tags={"adept.source_run_id": candidate.run_id, "adept.model_name": name},
@@ -233,12 +214,13 @@ def _new_version(uri: str, name: str, candidate: Candidate, bundle_backbone: boo
         close_run(uri, ref.run_id, FAILED, error=f"{type(err).__name__}: {err}")
         raise
     close_run(uri, ref.run_id, FINISHED)
-    return client(uri).create_model_version(name, source=info.model_uri, run_id=ref.run_id,
-                                            tags=version_tags(candidate), model_id=info.model_id)
+    return create_model_version(uri, name, info, ref.run_id, version_tags(candidate))
 
 
-def _move_champion(store, name: str, version, new: bool, candidate: Candidate, force: bool) -> Registration:
-    current = _champion(store, name)
+def _move_champion(uri: str, name: str, version, new: bool, candidate: Candidate, force: bool) -> Registration:
+    from pipeline.tracking import set_alias, version_by_alias
+
+    current = version_by_alias(uri, name, CHAMPION)
     previous = {}
     if current is None:
         moved, reason = True, "no champion yet"
@@ -257,7 +239,7 @@ def _move_champion(store, name: str, version, new: bool, candidate: Candidate, f
             moved, reason = False, (f"{candidate.score:.4g} does not beat champion v{current.version}'s "
                                     f"{current.tags.get('score')}")
     if moved:
-        store.set_registered_model_alias(name, CHAMPION, version.version)
+        set_alias(uri, name, CHAMPION, version.version)
     champion = version.version if moved else (current.version if current else None)
     return Registration(name, version.version, new, champion, moved, previous, reason)
 
@@ -273,12 +255,3 @@ def version_tags(c: Candidate) -> dict[str, str]:
     if c.trial_id:
         tags["trial_id"] = c.trial_id
     return tags
-
-
-def _champion(store, name: str):
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return store.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None

@@ -11,11 +11,6 @@ from pathlib import Path
 from typing import Any
 
 
-def metric_key(group: str, name: str) -> str:
-    """`metric_key("val", "accuracy")` -> "val/accuracy"."""
-    return f"{group}/{name}"
-
-
 def ray_key(key: str) -> str:
     """The name Ray Train / Tune report a metric under: "val/accuracy" -> "val_accuracy"."""
     return key.replace("/", "_")

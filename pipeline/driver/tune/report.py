@@ -56,28 +56,26 @@ def summarise(prep: PreparedSweep, outcome: SweepOutcome) -> Path | None:
     import pandas as pd
 
     from pipeline.driver.tune.compare import compare_methods, plot_comparison
-    from pipeline.tracking import FAILED, FINISHED, client, close_run
+    from pipeline.tracking import FAILED, FINISHED, close_run, log_to_run
 
-    store = client(prep.base.tracking_uri)
-    pid, metric = outcome.parent_run_id, prep.metric
+    uri, pid, metric = prep.base.tracking_uri, outcome.parent_run_id, prep.metric
     table = pd.DataFrame([r.flat(metric) for r in outcome.ranked])
     out = prep.storage / "summary"
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "summary.csv", index=False)
-    store.log_table(pid, data=table.astype({c: "string" for c in ("adapter", "error", "mlflow_run_id")
-                                             if c in table}), artifact_file="sweep/summary.json")
-    store.log_artifact(pid, str(out / "summary.csv"), "sweep")
+    strings = table.astype({c: "string" for c in ("adapter", "error", "mlflow_run_id") if c in table})
+    log_to_run(uri, pid, tables={"sweep/summary.json": strings}, files=[(out / "summary.csv", "sweep")])
     plot = plot_sweep(outcome, out / "sweep_plot.png")
     if plot is not None:
-        store.log_artifact(pid, str(plot), "sweep")
+        log_to_run(uri, pid, files=[(plot, "sweep")])
     outcome.comparison = compare_methods(outcome)
     if outcome.comparison is not None:
         outcome.comparison.to_csv(out / "methods.csv", index=False)
-        store.log_table(pid, data=outcome.comparison, artifact_file="comparison/methods.json")
-        store.log_artifact(pid, str(out / "methods.csv"), "comparison")
+        log_to_run(uri, pid, tables={"comparison/methods.json": outcome.comparison},
+                   files=[(out / "methods.csv", "comparison")])
         comparison_plot = plot_comparison(outcome, out / "methods.png")
         if comparison_plot is not None:
-            store.log_artifact(pid, str(comparison_plot), "comparison")
+            log_to_run(uri, pid, files=[(comparison_plot, "comparison")])
     counts = {s: sum(r.status == s for r in outcome.rows) for s in ("completed", "stopped", "error")}
     metrics = {"sweep/trials": len(outcome.rows), **{f"sweep/trials_{k}": v for k, v in counts.items()},
                "sweep/seconds": outcome.seconds}
@@ -85,14 +83,13 @@ def summarise(prep: PreparedSweep, outcome: SweepOutcome) -> Path | None:
         metrics[f"val/best_{metric.removeprefix('val_')}"] = outcome.best.score
     if outcome.zero_shot:
         metrics.update({f"zero_shot/{k}": v for k, v in outcome.zero_shot.items()})
-    for k, v in metrics.items():
-        store.log_metric(pid, k, float(v))
+    log_to_run(uri, pid, metrics=metrics)
     tags = {}
     if outcome.best is not None:
         b = outcome.best
         tags = {"best_trial_id": b.trial_id, "best_run_id": b.run_id or "", "best_score": f"{b.score:.6g}",
                 "best_metric": metric, "best_adapter": b.adapter or ""}
-    close_run(prep.base.tracking_uri, pid, FINISHED if counts["completed"] + counts["stopped"] else FAILED, tags=tags,
+    close_run(uri, pid, FINISHED if counts["completed"] + counts["stopped"] else FAILED, tags=tags,
               budget_s=prep.base.config.tracking_outage_s)
     return plot
 
