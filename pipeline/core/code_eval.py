@@ -35,7 +35,8 @@ What it does NOT isolate: the file system. The program can read every file that 
 ``/tmp``, ``/var/tmp`` and ``/dev/shm`` (the files stay after the run); it shares the host kernel
 (a kernel bug is an escape), CPU and memory beyond the rlimits (no cgroup), and ``/sys``. That is why
 `mbpp_pass_at_1` refuses to run unless called with ``allow_code_execution=True``, and why the MBPP
-task's default metric is ``exact_match``. Prefer a throw-away container or VM all the same.
+task's default metric is ``exact_match``: a fit reports ``pass_at_1`` only with ``execute_code: true``
+(`Task.with_code_execution`). Prefer a throw-away container or VM all the same.
 
 When the platform cannot provide the isolation (no ``unshare``, namespaces not permitted, no
 interpreter the sandbox user can run), ``run_python`` raises `SandboxUnavailable` naming what is
@@ -223,10 +224,15 @@ def _sandbox(python: str | None) -> _Launcher:
     )
 
 
+def check_sandbox(python: str | None = None) -> None:
+    """Raise `SandboxUnavailable` (what is missing, the fix) unless `run_python(isolate=True)` works here."""
+    _sandbox(python)
+
+
 def isolation_available(python: str | None = None) -> bool:
     """Whether `run_python(isolate=True)` works here (probed once per process)."""
     try:
-        _sandbox(python)
+        check_sandbox(python)
     except SandboxUnavailable:
         return False
     return True

@@ -52,6 +52,7 @@ class TrainConfig:
     max_eval_examples: int | None = None
     eval_mode: str = "rank"  # rank classification, or greedy generation of the label string
     eval_batch_size: int = 32
+    execute_code: bool = False  # mbpp: also pass_at_1, running generated code in pipeline.core.code_eval's sandbox
     # optimisation (paper: AdamW eps 1e-6, two lrs, linear warmup 500 then linear decay, clip 1.0)
     prompt_lr: float = 0.3
     offset_lr: float = 1e-4

@@ -362,8 +362,9 @@ def score(task: Task, dataset, predictions: list[str]) -> EvalResult:
     groups = list(dataset["group"]) if "group" in dataset.column_names else None
     if groups is not None and all(g < 0 for g in groups):
         groups = None
-    metrics = task.compute_metrics(predictions, references, groups)
-    return EvalResult(metrics, task.primary_metric, predictions, references, list(dataset["source"]))
+    sources = list(dataset["source"])
+    metrics = task.compute_metrics(predictions, references, groups, sources)
+    return EvalResult(metrics, task.primary_metric, predictions, references, sources)
 
 
 def evaluate(model, tokenizer, task: Task, dataset, config: EvalConfig) -> EvalResult:

@@ -20,6 +20,8 @@ squad_em       SQuAD exact match after answer normalisation, max over golds MRQA
 squad_f1       SQuAD token F1, max over gold answers                        MRQA, ReCoRD
 multirc_em     share of question groups whose answers are all correct      MultiRC
 exact_match    stripped string equality                                     MBPP, custom
+pass_at_1      share of predictions that pass their tests when run in       MBPP with
+               `pipeline.core.code_eval`'s sandbox (one greedy sample)      execute_code
 =============  ===========================================================  ==================
 """
 
@@ -34,12 +36,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pipeline.core.code_eval import mbpp_pass_at_1
+
 # scipy.stats and sklearn.metrics are imported where used: ~1.5 s in every process that imports the pipeline.
 
 CLASS_METRICS = ("accuracy", "f1", "macro_f1", "mcc", "multirc_em")
 REGRESSION_METRICS = ("pearson", "spearman")
 TEXT_METRICS = ("squad_em", "squad_f1", "exact_match")
-METRIC_NAMES = CLASS_METRICS + REGRESSION_METRICS + TEXT_METRICS
+CODE_METRICS = ("pass_at_1",)  # run generated code: only with the task's tests and the user's opt-in
+METRIC_NAMES = CLASS_METRICS + REGRESSION_METRICS + TEXT_METRICS + CODE_METRICS
 
 
 def to_class_ids(texts: Sequence[str], label_strings: Sequence[str]) -> np.ndarray:
@@ -168,6 +173,7 @@ def compute_metrics(
     *,
     label_strings: Sequence[str] = (),
     groups: Sequence[int] | None = None,
+    tests: Sequence[Sequence[str]] | None = None,
 ) -> dict[str, float]:
     """Compute the named metrics.
 
@@ -178,6 +184,7 @@ def compute_metrics(
             classification and regression metrics).
         label_strings: the class strings, required by class metrics; class id = position.
         groups: N group ids, required by ``multirc_em``.
+        tests: N lists of Python statements (asserts) each prediction must pass, required by ``pass_at_1``.
     Returns:
         ``{name: value×100}`` in the order of ``names``.
     """
@@ -219,4 +226,9 @@ def compute_metrics(
             out[name] = squad_f1(predictions, golds)
         elif name == "exact_match":
             out[name] = exact_match(predictions, first)
+        elif name == "pass_at_1":
+            if tests is None:
+                raise ValueError("metric 'pass_at_1' needs tests (the asserts each program must pass)")
+            # the opt-in is the task's: only `Task.with_code_execution` lists this metric
+            out[name] = mbpp_pass_at_1(predictions, tests, allow_code_execution=True)
     return out

@@ -58,6 +58,35 @@ def test_refuses_without_explicit_opt_in():
     assert get_task("mbpp").metrics == ("exact_match",)  # execution is not a default metric
 
 
+def test_mbpp_pass_at_1_through_the_task_and_evaluation(sandbox):
+    """execute_code's path: Task.with_code_execution -> evaluation.score -> the asserts of each source run."""
+    import datasets
+
+    from pipeline.core.errors import UserError
+    from pipeline.core.evaluation import score
+
+    rows = [  # raw MBPP rows; the second test has "assert" inside a string: still one statement
+        {"text": "Add two values.", "code": "def add(a, b):\n    return a + b",
+         "test_list": ["assert add(1, 2) == 3", "assert add('x assert ', 'y') == 'x assert y'"]},
+        {"text": "Square a number.", "code": "def sq(n):\n    return n * n", "test_list": ["assert sq(3) == 9"]},
+        {"text": "Negate a number.", "code": "def neg(n):\n    return -n", "test_list": ["assert neg(2) == -2"]},
+    ]
+    predictions = ["def add(x, y):\n    return x + y",  # passes, not the gold text
+                   "def sq(n):\n    return n * n",  # the gold text
+                   "def neg(n):\n    return n"]  # fails its assert
+    task = get_task("mbpp")
+    split = datasets.Dataset.from_list([r for row in rows for r in task.format_row(row)])
+    assert [task.code_tests(s) for s in split["source"]] == [row["test_list"] for row in rows]
+    assert score(task, split, predictions).metrics == pytest.approx({"exact_match": 100 / 3})  # nothing ran
+
+    executing = task.with_code_execution()
+    assert executing.metrics == ("exact_match", "pass_at_1") and executing.primary_metric == "exact_match"
+    result = score(executing, split, predictions)
+    assert result.metrics == pytest.approx({"exact_match": 100 / 3, "pass_at_1": 200 / 3})
+    with pytest.raises(UserError, match="execute_code: task 'rte' has no tests"):
+        get_task("rte").with_code_execution()
+
+
 def test_pass_at_1_counts_programs_whose_asserts_pass():
     preds = ["def add(a, b):\n    return a + b", "def add(a, b):\n    return a - b", "def add(a, b):\n    while True: pass"]
     tests = [["assert add(1, 2) == 3"]] * 3

@@ -36,7 +36,9 @@ import datasets
 import numpy as np
 import torch
 
+from pipeline.core import code_eval
 from pipeline.core import metrics as M
+from pipeline.core.errors import UserError
 
 TASK_TYPES = ("classification", "regression", "generation")
 PROTOCOLS = ("official", "small", "large", "holdout")
@@ -142,6 +144,8 @@ class Task:
         explode_train: one training row per gold answer (ReCoRD); eval splits keep one row.
         round_to: regression target rounding step (STS-B: 0.2).
         max_new_tokens: default generation budget at evaluation.
+        code_tests: generation tasks whose targets are Python code (MBPP): source → the asserts a predicted
+            program must pass. Lets `with_code_execution` add the ``pass_at_1`` metric.
     """
 
     name: str
@@ -158,6 +162,7 @@ class Task:
     round_to: float | None = None
     max_new_tokens: int = 20
     description: str = ""
+    code_tests: Callable[[str], list[str]] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metrics", tuple(self.metrics))
@@ -171,7 +176,7 @@ class Task:
         allowed = {
             "classification": M.CLASS_METRICS + ("exact_match",),
             "regression": M.REGRESSION_METRICS + ("exact_match",),
-            "generation": M.TEXT_METRICS,
+            "generation": M.TEXT_METRICS + (M.CODE_METRICS if self.code_tests is not None else ()),
         }[self.task_type]
         bad = [m for m in self.metrics if m not in allowed]
         if bad:
@@ -206,6 +211,20 @@ class Task:
                 f"with_label_strings got {len(label_strings)}: {list(label_strings)}"
             )
         return dataclasses.replace(self, label_strings=tuple(label_strings))
+
+    def with_code_execution(self) -> Task:
+        """A copy that also reports ``pass_at_1``: every prediction runs with its asserts in the sandbox of
+        `pipeline.core.code_eval` (what it does not isolate: see there). The opt-in of ``execute_code: true``;
+        call it before Ray starts: a sandbox this machine cannot build is refused here."""
+        if self.code_tests is None:
+            raise UserError(f"execute_code: task {self.name!r} has no tests to run generated code against; "
+                            "fix: set execute_code: false (only mbpp has them)")
+        try:
+            code_eval.check_sandbox()
+        except code_eval.SandboxUnavailable as err:
+            raise UserError(f"execute_code: generated code cannot be run safely here: {err}") from err
+        metrics = self.metrics if "pass_at_1" in self.metrics else (*self.metrics, "pass_at_1")
+        return dataclasses.replace(self, metrics=metrics)
 
     def with_splits(self, **changes: Any) -> Task:
         """A copy with changed `SplitSpec` fields, e.g. ``task.with_splits(seed=1, max_train=500)``."""
@@ -290,14 +309,21 @@ class Task:
 
     # ------------------------------------------------------------------ scoring
     def compute_metrics(
-        self, predictions: Sequence[str], references: Sequence, groups: Sequence[int] | None = None
+        self, predictions: Sequence[str], references: Sequence, groups: Sequence[int] | None = None,
+        sources: Sequence[str] | None = None,
     ) -> dict[str, float]:
         """Score predicted strings against references (strings, or lists of gold strings for QA).
 
-        ``groups`` (one int per example) is needed by MultiRC's ``multirc_em``.
+        ``groups`` (one int per example) is needed by MultiRC's ``multirc_em``; ``sources`` by ``pass_at_1``
+        (each source holds the asserts its program must pass, see `code_tests`).
         """
+        tests = None
+        if "pass_at_1" in self.metrics:
+            if sources is None:
+                raise ValueError(f"Task {self.name}: metric 'pass_at_1' needs the sources (they hold the tests)")
+            tests = [self.code_tests(s) for s in sources]
         return M.compute_metrics(
-            self.metrics, predictions, references, label_strings=self.label_strings, groups=groups
+            self.metrics, predictions, references, label_strings=self.label_strings, groups=groups, tests=tests
         )
 
 

@@ -8,14 +8,17 @@
   "1" neutral; small protocol (the official test split is not used, as in the reference).
 * PAWS-Wiki (``google-research-datasets/paws``, ``labeled_final``): official splits.
 * MBPP (``google-research-datasets/mbpp``, ``full``): ``text: <problem> tests: <asserts>`` → code,
-  official train/validation/test. Registered for formatting and training; its default metric is
-  only ``exact_match``. pass@1 by execution is NOT part of the defaults: its sandbox (PID and network
-  namespaces, an unprivileged user, rlimits) does not isolate the file system, so generated code can
-  still read world-readable files and write to world-writable ones. `pipeline.core.code_eval.mbpp_pass_at_1`
-  is an explicit opt-in (``allow_code_execution=True``) for disposable machines; see its docstring.
+  official train/validation/test. Its default metric is only ``exact_match``. pass@1 by execution
+  (``pass_at_1``: the prediction followed by the source's asserts, run by `pipeline.core.code_eval`) is
+  an explicit opt-in, ``execute_code: true`` (`Task.with_code_execution`), for disposable machines: the
+  sandbox (PID and network namespaces, an unprivileged user, rlimits) does not isolate the file system,
+  so generated code can still read world-readable files and write to world-writable ones. The tests are
+  the ones the model sees in its source (``test_setup_code`` is not in the source, so it is not run).
 """
 
 from __future__ import annotations
+
+import re
 
 from pipeline.core.tasks.base import SplitSpec, Task, fields_formatter, join_fields
 
@@ -43,6 +46,31 @@ def _mbpp(row):
     return {"source": join_fields(("text", row["text"]), ("tests", " ".join(row["test_list"]))), "answers": [row["code"]]}
 
 
+def _mbpp_tests(source: str) -> list[str]:
+    """The asserts `_mbpp` joined into ``source``, one statement each: what ``pass_at_1`` runs.
+
+    The source ends ``tests: assert … assert …``: split before every ``assert``, and join a piece to the
+    next while it does not compile (an ``assert`` inside a string literal is no statement boundary).
+    """
+    start = re.search(r"(?:^| )tests: (?=assert\b)", source)
+    pieces = re.split(r" (?=assert\b)", source[start.end():]) if start else []
+    statements, pending = [], ""
+    for piece in pieces:
+        pending = f"{pending} {piece}" if pending else piece
+        if _compiles(pending):
+            statements.append(pending)
+            pending = ""
+    return statements + [pending] if pending else statements  # what never compiles fails in the sandbox
+
+
+def _compiles(code: str) -> bool:
+    try:
+        compile(code, "<mbpp test>", "exec")
+    except (SyntaxError, ValueError):
+        return False
+    return True
+
+
 TASKS = [
     Task(
         name="winogrande", task_type="classification", formatter=_winogrande, metrics=("accuracy",),
@@ -66,6 +94,7 @@ TASKS = [
     Task(
         name="mbpp", task_type="generation", formatter=_mbpp, metrics=("exact_match",),
         hub_id="google-research-datasets/mbpp", hub_config="full", splits=SplitSpec(protocol="official"),
-        max_new_tokens=256, description="code generation; pass@1 is opt-in, see pipeline.core.code_eval",
+        max_new_tokens=256, description="code generation; pass@1 is opt-in (execute_code: true)",
+        code_tests=_mbpp_tests,
     ),
 ]
