@@ -37,6 +37,7 @@ from pipeline.worker.callbacks import resolve_callback_spec
 def prepare(cfg: TrainConfig, check_mlflow: bool = True) -> ResolvedRun:
     """Every check a user's config can fail, then the run resolved once (see pipeline.core.resolve)."""
     task = resolve_task(cfg)
+    task = task.with_code_execution() if cfg.execute_code else task  # the sandbox is checked here, before Ray
     if cfg.eval_mode == "rank" and not task.label_strings:
         raise UserError(f"eval_mode: 'rank' needs label strings, but task {task.name!r} has none; "
                         "set eval_mode=generate.")
