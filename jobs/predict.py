@@ -27,20 +27,23 @@ def read_inputs(path: Path):
     import pandas as pd
 
     if not path.is_file():
-        raise FileNotFoundError(f"input file {str(path)!r} does not exist.")
+        raise cli.UserError(f"input file {str(path)!r} does not exist.")
     if path.suffix.lower() == ".csv":
         hint = 'quote text that contains commas ("a, b")'
         try:
             frame = pd.read_csv(path)
         except pd.errors.ParserError as err:
-            raise ValueError(f"input file {path.name!r}: {str(err).strip()}; {hint}.") from None
+            raise cli.UserError(f"input file {path.name!r}: {str(err).strip()}; {hint}.") from None
         if not isinstance(frame.index, pd.RangeIndex):  # pandas turned the extra leading fields into an index
-            raise ValueError(f"input file {path.name!r}: rows have more fields than the header "
-                             f"{list(frame.columns)}; {hint}.")
+            raise cli.UserError(f"input file {path.name!r}: rows have more fields than the header "
+                                f"{list(frame.columns)}; {hint}.")
         return frame
     if path.suffix.lower() in (".jsonl", ".json"):
-        return pd.read_json(path, lines=path.suffix.lower() == ".jsonl")
-    raise ValueError(f"input file {path.name!r}: use .csv or .jsonl.")
+        try:
+            return pd.read_json(path, lines=path.suffix.lower() == ".jsonl")
+        except ValueError as err:
+            raise cli.UserError(f"input file {path.name!r}: not valid JSON lines ({err}); one JSON object per line.") from None
+    raise cli.UserError(f"input file {path.name!r}: use .csv or .jsonl.")
 
 
 def write_outputs(frame, path: Path | None) -> None:
@@ -59,13 +62,13 @@ def load_options(args) -> dict:
 
     for item in args.option:
         if "=" not in item or not item.partition("=")[0].strip():
-            raise ValueError(f"--option {item!r}: not of the form key=value.")
+            raise cli.UserError(f"--option {item!r}: not of the form key=value.")
     options = dict(parse_override(item) for item in args.option)
     for key in ("folded", "backbone", "batch_size", "max_new_tokens", "device"):
         value = getattr(args, key)
         if value not in (None, False):
             if key in options:
-                raise ValueError(f"{key}: given twice, as --{key.replace('_', '-')} and --option; keep one.")
+                raise cli.UserError(f"{key}: given twice, as --{key.replace('_', '-')} and --option; keep one.")
             options[key] = value
     check_options(options)
     return options
@@ -91,13 +94,16 @@ def load_adapter_folder(adapter: Path, args, options: dict):
     from pipeline.serving.config import ServingConfig
     from pipeline.serving.pyfunc import AdeptPyfunc
 
-    files = find_adapter_files(adapter)  # refuses anything that is not an adapter folder, with the reason
+    try:
+        files = find_adapter_files(adapter)  # refuses anything that is not an adapter folder, with the reason
+        adept = files.adept_config()
+    except (OSError, ValueError) as err:  # adept/ knows nothing of the pipeline's error type: a bad folder is the user's
+        raise cli.UserError(f"--model: {err}") from err
     if not args.task:
-        raise ValueError("--task: an adapter folder needs the task (a registered task name or a custom-task YAML).")
-    adept = files.adept_config()
+        raise cli.UserError("--task: an adapter folder needs the task (a registered task name or a custom-task YAML).")
     backbone = options.pop("backbone", None) or files.backbone
     if not backbone:
-        raise ValueError("--backbone: the adapter does not record its backbone; pass it.")
+        raise cli.UserError("--backbone: the adapter does not record its backbone; pass it.")
     train = {"task": args.task, "backbone": backbone, "method": adept.method, "r": adept.ffn_hidden_size or adept.rank,
              "num_virtual_tokens": adept.num_virtual_tokens, "eval_mode": args.eval_mode or "rank"}
     for key in ("max_source_length", "max_target_length"):
@@ -118,6 +124,7 @@ class _Local:
         return self.model.predict(None, frame)
 
 
+@cli.job
 def main(argv: list[str] | None = None) -> int:
     parser = cli.parser(__doc__)
     parser.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION, a pyfunc folder, "
@@ -144,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         frame = read_inputs(args.input)
         model = load_model(args, load_options(args))
         predictions = model.predict(frame)
-    except (*cli.user_errors(), *request_errors()) as err:
+    except (cli.UserError, *request_errors()) as err:
         return cli.fail(err)
     frame = frame.copy()
     frame["prediction"] = list(predictions)

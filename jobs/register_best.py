@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from pipeline import cli  # noqa: E402 - standard library only: --help stays fast
 
 
+@cli.job
 def main(argv: list[str] | None = None) -> int:
     parser = cli.parser(__doc__)
     which = parser.add_mutually_exclusive_group(required=True)
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[adept] candidate: run {candidate.run_id} ({candidate.task_name}, {t.get('method')}, "
               f"m={t.get('num_virtual_tokens')} r={t.get('r_resolved')}): {candidate.metric} = {candidate.score:.4g}")
         result = register(uri, candidate, name=args.name, force=args.force, bundle_backbone=args.bundle_backbone)
-    except cli.user_errors() as err:
+    except cli.UserError as err:
         return cli.fail(err)
     verb = "registered as new" if result.new_version else "already registered as"
     print(f"[adept] {verb} version {result.version} of {result.name!r}")

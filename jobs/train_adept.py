@@ -46,11 +46,12 @@ def load_config(args):
     from pipeline.core.config import TrainConfig
 
     if args.m is not None and args.num_virtual_tokens is not None:
-        raise ValueError("num_virtual_tokens: given as --m and --num-virtual-tokens; keep one.")
+        raise cli.UserError("num_virtual_tokens: given as --m and --num-virtual-tokens; keep one.")
     flags = {**{k: k for k in FLAGS}, "m": "num_virtual_tokens", "use_gpu": "use_gpu", "deepspeed": "deepspeed"}
     return TrainConfig.load(args.config, args.set, cli.flag_values(args, flags, args.set))
 
 
+@cli.job
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cli.start(args)
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.driver.launch import fit, prepare
 
         run = prepare(load_config(args))  # every check before Ray starts
-    except cli.user_errors() as err:
+    except cli.UserError as err:
         return cli.fail(err)
     cfg = run.config
     log.info(f"[adept] {cfg.method} on {cfg.task} with {cfg.backbone} ({run.kind}, d={run.hidden_size}): "
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     except TrackingOutage as err:  # trained, but MLflow did not get everything: the message says how to fix it
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 1
-    except cli.user_errors() as err:
+    except cli.UserError as err:
         return cli.fail(err)
     except Exception as err:  # noqa: BLE001 - Ray Train V2 raises the workers' failure from fit()
         return report_failure(run, err)

@@ -56,6 +56,7 @@ def load_config(args):
                       cli.flag_values(args, SWEEP_FLAGS, args.sweep_set))
 
 
+@cli.job
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cli.start(args)
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             print(yaml.safe_dump({**cfg.to_dict(), "sweep": sweep.to_dict()}, sort_keys=False))
             return 0
         prep = prepare_sweep(cfg, sweep)  # every check before Ray starts
-    except cli.user_errors() as err:
+    except cli.UserError as err:
         return cli.fail(err)
     run = prep.base
     log.info(f"[adept] {'resuming ' if prep.resume else ''}sweep {prep.name!r}: {run.config.task} with "
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{prep.storage}")
     try:
         outcome = run_sweep(prep, log=log.info)
-    except cli.user_errors() as err:
+    except cli.UserError as err:
         return cli.fail(err)
     print(format_report(outcome), flush=True)
     return 0 if outcome.best is not None else 1

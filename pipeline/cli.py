@@ -1,5 +1,10 @@
 """What every job shares: `--log-level` / `--quiet`, loopback Ray before the first `import ray`, and one way
-to turn a user's mistake into `error: <field>: <what>; <fix>` with exit status 2.
+to end a job that failed (`@cli.job` on its main):
+
+    a UserError (pipeline.core.errors)   `error: <field>: <what>; <fix>`, exit status 2, no traceback
+    a TrackingOutage                    `error: <what happened; how to send the rest>`, exit status 1
+    anything else: a bug                the traceback, then a line saying so, exit status 1
+    KeyboardInterrupt, SystemExit       as Python handles them
 
 Only the standard library is imported here, so `--help` answers before torch or Ray load.
 """
@@ -7,13 +12,19 @@ Only the standard library is imported here, so `--help` answers before torch or 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
+import traceback
+from collections.abc import Callable
 
+from pipeline.core.errors import UserError
 from pipeline.core.logs import add_arguments, configure, level_from_args
 from pipeline.driver.ray_setup import use_loopback
 
 USER_ERROR = 2
+BUG = 1
+BUG_HINT = "adept: this is a bug, not a problem with your input; please report it with the traceback above"
 
 
 def parser(doc: str | None) -> argparse.ArgumentParser:
@@ -33,19 +44,45 @@ def start(args: argparse.Namespace) -> None:
     use_loopback()
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean "the input is wrong" (bad config, missing file, unreachable server): exit 2."""
-    from pipeline.core.backbones import BackboneError
-    from pipeline.driver.ray_setup import RayStartError
-    from pipeline.worker.checkpoint import CheckpointError
-
-    return (ValueError, KeyError, OSError, TypeError, BackboneError, CheckpointError, RayStartError)
-
-
-def fail(err: BaseException) -> int:
-    message = err.args[0] if isinstance(err, KeyError) and err.args else err
+def fail(err: UserError) -> int:
+    """A user's mistake: `error: <message>` on stderr, no traceback; the job's exit status (2)."""
+    message = err.args[0] if err.args else str(err)
     print(f"error: {message}", file=sys.stderr, flush=True)
     return USER_ERROR
+
+
+def report_bug(err: BaseException) -> int:
+    """Not the user's mistake: the traceback, then one line saying it is a bug; the job's exit status (1)."""
+    traceback.print_exception(err, file=sys.stderr)
+    print(BUG_HINT, file=sys.stderr, flush=True)
+    return BUG
+
+
+def job(main: Callable[..., int]) -> Callable[..., int]:
+    """Decorate a job's `main(argv)`: a UserError anywhere in it ends the job with `fail` (exit 2), any other
+    exception with `report_bug` (exit 1); a TrackingOutage (MLflow away too long) prints its `error:` line and
+    exits 1. KeyboardInterrupt and SystemExit (argparse, --help) pass through unchanged."""
+
+    @functools.wraps(main)
+    def run(*args, **kwargs) -> int:
+        try:
+            return main(*args, **kwargs)
+        except UserError as err:
+            return fail(err)
+        except Exception as err:  # noqa: BLE001 - the one place a job's unexpected failure is reported
+            if _tracking_outage(err):
+                print(f"error: {err}", file=sys.stderr, flush=True)
+                return 1
+            return report_bug(err)
+
+    return run
+
+
+def _tracking_outage(err: BaseException) -> bool:
+    """Whether `err` is pipeline.tracking's TrackingOutage (its module is loaded if one was raised; not imported
+    here, so a broken MLflow install cannot fail the report of another error)."""
+    store = sys.modules.get("pipeline.tracking.store")
+    return store is not None and isinstance(err, store.TrackingOutage)
 
 
 def flag_values(args: argparse.Namespace, flags: dict[str, str], set_items: list[str]) -> dict[str, object]:
@@ -57,6 +94,6 @@ def flag_values(args: argparse.Namespace, flags: dict[str, str], set_items: list
         if value is None:
             continue
         if key in set_keys:
-            raise ValueError(f"{key}: given twice, as --{dest.replace('_', '-')} and as --set {key}=...; keep one.")
+            raise UserError(f"{key}: given twice, as --{dest.replace('_', '-')} and as --set {key}=...; keep one.")
         values[key] = value
     return values

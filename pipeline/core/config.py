@@ -13,6 +13,7 @@ import os
 import re
 import types
 import typing
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import yaml
 
 from adept.config import METHODS, PROMPT_INITS
+from pipeline.core.errors import MissingFile, UserError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 EVAL_MODES = ("rank", "generate")
@@ -101,43 +103,43 @@ class TrainConfig:
         for name in ("prompt_lr", "offset_lr", "max_grad_norm", "tracking_outage_s", "node_wait_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name}={value!r} must be a finite number > 0.")
+                raise UserError(f"{name}={value!r} must be a finite number > 0.")
         for name in ("warmup_steps", "weight_decay", "max_failures", "ffn_dropout"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name}={value!r} must be a finite number >= 0.")
+                raise UserError(f"{name}={value!r} must be a finite number >= 0.")
         if not self.ffn_dropout < 1:
-            raise ValueError(f"ffn_dropout={self.ffn_dropout!r} must be < 1.")
+            raise UserError(f"ffn_dropout={self.ffn_dropout!r} must be < 1.")
         if self.zero_stage not in (0, 1, 2, 3):
-            raise ValueError(f"zero_stage={self.zero_stage!r}: DeepSpeed ZeRO stages are 0, 1, 2, 3.")
+            raise UserError(f"zero_stage={self.zero_stage!r}: DeepSpeed ZeRO stages are 0, 1, 2, 3.")
         if not (isinstance(self.zero3_live_params, int) and self.zero3_live_params >= 0):
-            raise ValueError(f"zero3_live_params={self.zero3_live_params!r} must be an integer >= 0 (elements; "
-                             "DeepSpeed's own default is 1000000000).")
+            raise UserError(f"zero3_live_params={self.zero3_live_params!r} must be an integer >= 0 (elements; "
+                            "DeepSpeed's own default is 1000000000).")
         if self.offload and (not self.deepspeed or self.zero_stage == 0):
-            raise ValueError("offload=true needs deepspeed=true and zero_stage >= 1.")
+            raise UserError("offload=true needs deepspeed=true and zero_stage >= 1.")
         if self.deepspeed and self.zero_stage == 3 and self.dtype != {"bf16": "bfloat16", "fp16": "float16"}.get(
                 self.precision, "float32"):
-            raise ValueError(f"dtype={self.dtype!r} with precision={self.precision!r}: under ZeRO-3 DeepSpeed builds the "
-                             "backbone in the precision's dtype; set them to match (bfloat16 with bf16, float32 with fp32).")
+            raise UserError(f"dtype={self.dtype!r} with precision={self.precision!r}: under ZeRO-3 DeepSpeed builds the "
+                            "backbone in the precision's dtype; set them to match (bfloat16 with bf16, float32 with fp32).")
         if self.precision == "fp16" and not self.use_gpu:
-            raise ValueError("precision='fp16' is not supported on CPU; use 'bf16' or 'fp32', or set use_gpu=true.")
+            raise UserError("precision='fp16' is not supported on CPU; use 'bf16' or 'fp32', or set use_gpu=true.")
         per_step = self.num_workers * self.grad_accum
         if self.batch_size % per_step:
-            raise ValueError(
+            raise UserError(
                 f"batch_size={self.batch_size} is not divisible by num_workers × grad_accum = {self.num_workers} × "
                 f"{self.grad_accum}; choose a multiple of {per_step}."
             )
         if self.method == "prompt":
             if self.r is not None or self.budget is not None:
-                raise ValueError("method='prompt' has no r; remove r/budget (the prompt length is num_virtual_tokens).")
+                raise UserError("method='prompt' has no r; remove r/budget (the prompt length is num_virtual_tokens).")
         elif (self.r is None) == (self.budget is None):
-            raise ValueError(f"method={self.method!r} needs exactly one of r (e.g. r=19) or budget (e.g. budget=100).")
+            raise UserError(f"method={self.method!r} needs exactly one of r (e.g. r=19) or budget (e.g. budget=100).")
         if self.num_virtual_tokens < (1 if self.method == "prompt" else 0):
-            raise ValueError(f"num_virtual_tokens={self.num_virtual_tokens} is too small for method {self.method!r}.")
+            raise UserError(f"num_virtual_tokens={self.num_virtual_tokens} is too small for method {self.method!r}.")
         if self.eval_steps > self.max_steps:
-            raise ValueError(f"eval_steps={self.eval_steps} > max_steps={self.max_steps}: the run would never evaluate.")
+            raise UserError(f"eval_steps={self.eval_steps} > max_steps={self.max_steps}: the run would never evaluate.")
         if self.name is not None and not re.fullmatch(r"[A-Za-z0-9._-]+", self.name):
-            raise ValueError(f"name={self.name!r}: use letters, digits, '.', '_' and '-' only.")
+            raise UserError(f"name={self.name!r}: use letters, digits, '.', '_' and '-' only.")
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -162,12 +164,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            hints = [f"{u!r} (did you mean {_closest(u, known)!r}?)" if _closest(u, known) else repr(u) for u in unknown]
-            raise ValueError(f"unknown config key(s) {', '.join(hints)}; the keys are the fields of "
-                             "pipeline/core/config.py:TrainConfig.")
+        check_known_keys(data, [f.name for f in dataclasses.fields(cls)], "config key",
+                         "the keys are the fields of pipeline/core/config.py:TrainConfig.")
         types = {f.name: f.type for f in dataclasses.fields(cls)}
         return cls(**{k: _coerce(k, v, types[k]) for k, v in data.items()})
 
@@ -196,10 +194,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     """A config YAML as a mapping (a clear error for a missing file, bad YAML, or YAML that is not a mapping)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"--config: the file {str(path)!r} does not exist.")
+        raise MissingFile(f"--config: the file {str(path)!r} does not exist.")
     data = load_yaml(path.read_text(), f"config file {str(path)!r}") or {}
     if not isinstance(data, dict):
-        raise ValueError(f"config file {str(path)!r} must hold a mapping of keys to values, not {type(data).__name__}.")
+        raise UserError(f"config file {str(path)!r} must hold a mapping of keys to values, not {type(data).__name__}.")
     return data
 
 
@@ -211,28 +209,52 @@ def load_yaml(text: str, where: str) -> Any:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ValueError(f"{where}: invalid YAML{at} ({problem}); fix the syntax (quote values with : [ ] {{ }}).") from None
+        raise UserError(f"{where}: invalid YAML{at} ({problem}); fix the syntax (quote values with : [ ] {{ }}).") from None
 
 
 def parse_override(item: str) -> tuple[str, Any]:
     """`key=value` with the value parsed as YAML (3e-1, true, [a, b])."""
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
-        raise ValueError(f"--set {item!r}: not of the form key=value.")
+        raise UserError(f"--set {item!r}: not of the form key=value.")
     return key.strip(), load_yaml(value, f"--set {key.strip()}")
 
 
 def _one_of(name: str, value: Any, allowed: tuple) -> None:
     if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not allowed; use one of {allowed}.")
+        raise UserError(f"{name}={value!r} is not allowed; use one of {allowed}.")
 
 
 def _positive_int(name: str, value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}={value!r} must be an integer >= 1.")
+        raise UserError(f"{name}={value!r} must be an integer >= 1.")
 
 
-def _closest(word: str, known: set[str]) -> str | None:
+def check_known_keys(data: Mapping[str, Any], known: Iterable[str], what: str, hint: str, where: str = "") -> None:
+    """Every key of `data` is one of `known`, else a UserError naming the unknown ones and the closest known key.
+
+    The one unknown-key check of every config: TrainConfig, the sweep section, a custom-task spec, the serving
+    config and its load options. `what` names a key ("config key", "load option"), `hint` says where the keys are
+    listed, `where` (optional) prefixes the message ("custom task spec"):
+
+        custom task spec: unknown key(s) ['colour'] (did you mean 'label_column'?); <hint>
+    """
+    known = sorted(str(k) for k in known)
+    unknown = sorted((k for k in data if k not in known), key=str)
+    if not unknown:
+        return
+    close = {u: c for u in unknown if (c := _closest(str(u), known)) is not None}
+    if len(unknown) == 1 and close:
+        guess = f" (did you mean {close[unknown[0]]!r}?)"
+    elif close:
+        guess = " (did you mean " + ", ".join(f"{c!r} for {u!r}" for u, c in close.items()) + "?)"
+    else:
+        guess = ""
+    prefix = f"{where}: " if where else ""
+    raise UserError(f"{prefix}unknown {what}(s) {unknown}{guess}; {hint}")
+
+
+def _closest(word: str, known: Iterable[str]) -> str | None:
     import difflib
 
     hits = difflib.get_close_matches(word, sorted(known), n=1)
@@ -247,13 +269,13 @@ def _coerce(key: str, value: Any, annotation: str) -> Any:
         try:
             return float(value)
         except ValueError as err:
-            raise ValueError(f"{key}={value!r} must be a number.") from err
+            raise UserError(f"{key}={value!r} must be a number.") from err
     if annotation.startswith("int") and isinstance(value, float) and value.is_integer():
         return int(value)
     if annotation.startswith("str") and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)  # --name 123: a name, not a number
     if annotation.startswith("bool") and not isinstance(value, bool):
-        raise ValueError(f"{key}={value!r} must be true or false.")
+        raise UserError(f"{key}={value!r} must be true or false.")
     return value
 
 
@@ -263,8 +285,8 @@ def _check_types(cfg: TrainConfig) -> None:
     for f in dataclasses.fields(cfg):
         value, hint = getattr(cfg, f.name), hints[f.name]
         if not _is_instance(value, hint):
-            raise ValueError(f"{f.name}={value!r} has the wrong type: expected {_type_name(hint)}, got "
-                             f"{type(value).__name__}; fix it in the config file or --set.")
+            raise UserError(f"{f.name}={value!r} has the wrong type: expected {_type_name(hint)}, got "
+                            f"{type(value).__name__}; fix it in the config file or --set.")
 
 
 def _is_instance(value: Any, hint: Any) -> bool:

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import datasets
 import torch
 
+from pipeline.core.errors import UserError
+
 logger = logging.getLogger(__name__)
 BACKBONES = ("seq2seq", "causal")
 IGNORE_INDEX = -100
@@ -49,7 +51,7 @@ class TokenizeConfig:
         if self.backbone not in BACKBONES:
             raise ValueError(f"TokenizeConfig.backbone={self.backbone!r}; choose one of {BACKBONES}")
         if self.max_source_length < 2 or self.max_target_length < 1:
-            raise ValueError(
+            raise UserError(
                 f"TokenizeConfig: max_source_length={self.max_source_length} (needs >= 2) and "
                 f"max_target_length={self.max_target_length} (needs >= 1)"
             )
@@ -104,7 +106,7 @@ class Encoder:
         else:
             budget = config.max_source_length - len(self.prefix) - len(self.suffix)
         if budget < 1:
-            raise ValueError(f"max_source_length={config.max_source_length} leaves no room for source tokens after special tokens")
+            raise UserError(f"max_source_length={config.max_source_length} leaves no room for source tokens after special tokens")
         self.source_budget = budget
 
     def _body(self, texts: Sequence[str]) -> list[list[int]]:

@@ -12,3 +12,18 @@ class UserError(ValueError):
 
     A ValueError, so `except ValueError` around a library call and `pytest.raises(ValueError)` keep working.
     """
+
+
+class MissingFile(UserError, FileNotFoundError):
+    """A file or folder the user named does not exist; still a FileNotFoundError for `except OSError` callers."""
+
+
+class UnknownName(UserError, KeyError):
+    """A name the user gave is not registered (a task, say); still a KeyError for a lookup's callers."""
+
+    def __str__(self) -> str:  # KeyError's str() quotes its argument: the message reads as written
+        return str(self.args[0]) if self.args else ""
+
+
+class Unreachable(UserError, ConnectionError):
+    """A server or store the user named does not answer (an MLflow tracking URI, say); still a ConnectionError."""

@@ -33,6 +33,7 @@ import torch
 
 from adept.model import PromptedModel, takes_boolean_logits_to_keep
 from pipeline.core.data import IGNORE_INDEX, Encoder, TokenizeConfig, check_fits, pad_sequences, pad_token_id
+from pipeline.core.errors import UserError
 from pipeline.core.tasks.base import Task
 
 EVAL_MODES = ("generate", "rank")
@@ -332,7 +333,7 @@ def predict_rank(model, tokenizer, sources: Sequence[str], label_strings: Sequen
 def predict(model, tokenizer, task: Task, sources, config: EvalConfig) -> list[str]:
     """Predictions for `sources` in ``config.eval_mode``; the model is in eval mode meanwhile."""
     if config.eval_mode == "rank" and not task.label_strings:
-        raise ValueError(
+        raise UserError(
             f"eval_mode='rank' needs label strings, but task {task.name!r} ({task.task_type}) has none; "
             "use eval_mode='generate'"
         )

@@ -43,11 +43,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.core.config import check_known_keys
+from pipeline.core.errors import UserError
+
 LABEL_KEYS = ("label", "value", "answers", "idx", "group")  # formatter fields that only carry the gold answer
 LOAD_OPTIONS = {"folded": bool, "backbone": str, "max_new_tokens": int, "batch_size": int, "device": str}
 
 
-class InputError(ValueError):
+class InputError(UserError):
     """The request's rows do not fit the model's inputs (a missing column, say)."""
 
 
@@ -71,15 +74,15 @@ class ServingConfig:
 
     def __post_init__(self) -> None:
         if self.eval_mode not in ("rank", "generate"):
-            raise ValueError(f"eval_mode={self.eval_mode!r}: use rank or generate.")
+            raise UserError(f"eval_mode={self.eval_mode!r}: use rank or generate.")
         if self.eval_mode == "rank" and not self.label_strings:
-            raise ValueError("eval_mode=rank needs label_strings; this task has none, use generate.")
+            raise UserError("eval_mode=rank needs label_strings; this task has none, use generate.")
         for name in ("max_source_length", "max_target_length", "max_new_tokens", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}={value!r} must be an integer >= 1.")
+                raise UserError(f"{name}={value!r} must be an integer >= 1.")
         if not isinstance(self.folded, bool):
-            raise ValueError(f"folded={self.folded!r} must be true or false.")
+            raise UserError(f"folded={self.folded!r} must be true or false.")
 
     # ---------------------------------------------------------------------------------- building it
     @classmethod
@@ -110,10 +113,8 @@ class ServingConfig:
 
     @classmethod
     def from_model_config(cls, data: Mapping[str, Any]) -> ServingConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"model_config key(s) {unknown} are not serving settings; known: {sorted(known)}.")
+        known = sorted(f.name for f in dataclasses.fields(cls))
+        check_known_keys(data, known, "model_config key", f"the serving settings are {known}.")
         return cls(**dict(data))
 
     def with_options(self, options: Mapping[str, Any] | None) -> ServingConfig:
@@ -169,20 +170,18 @@ def check_overrides(given: Mapping[str, Any], logged: Mapping[str, Any] | None) 
     changed = {k: v for k, v in given.items() if k not in logged or logged[k] != v}
     fixed = sorted(set(changed) - set(LOAD_OPTIONS))
     if fixed:
-        raise ValueError(f"model_config key(s) {fixed} describe how the adapter was trained and cannot be changed "
-                         f"when loading; the load options are {sorted(LOAD_OPTIONS)} (see pipeline/serving/config.py).")
+        raise UserError(f"model_config key(s) {fixed} describe how the adapter was trained and cannot be changed "
+                        f"when loading; the load options are {sorted(LOAD_OPTIONS)} (see pipeline/serving/config.py).")
     check_options(changed)
 
 
 def check_options(options: Mapping[str, Any]) -> None:
-    unknown = sorted(set(options) - set(LOAD_OPTIONS))
-    if unknown:
-        raise ValueError(f"unknown load option(s) {unknown}; the options are {sorted(LOAD_OPTIONS)} "
-                         "(see pipeline/serving/config.py).")
+    check_known_keys(options, LOAD_OPTIONS, "load option",
+                     f"the options are {sorted(LOAD_OPTIONS)} (see pipeline/serving/config.py).")
     for key, value in options.items():
         kind = LOAD_OPTIONS[key]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ValueError(f"load option {key}={value!r} must be {kind.__name__}.")
+            raise UserError(f"load option {key}={value!r} must be {kind.__name__}.")
 
 
 class DroppedColumns(logging.Filter):

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.errors import UserError
+
 CHAMPION = "champion"
 MODEL_CODE = Path(__file__).with_name("pyfunc.py")
 PACKAGES = [Path(__file__).resolve().parents[1], Path(__file__).resolve().parents[2] / "adept"]
@@ -78,15 +80,15 @@ def best_of_sweep(uri: str, sweep: str, experiment: str | None = None) -> Candid
         parents = search_runs(uri, f"tags.`{RUN_KEY_TAG}` = '{sweep}' and tags.`{KIND_TAG}` = 'sweep'",
                               experiment=experiment, order_by=["attributes.start_time DESC"], max_results=1)
     except LookupError:
-        raise ValueError(f"--experiment: no MLflow experiment {experiment!r} in {uri}.") from None
+        raise UserError(f"--experiment: no MLflow experiment {experiment!r} in {uri}.") from None
     if not parents:
-        raise ValueError(f"--sweep: no sweep named {sweep!r} in {uri}" + (f" (experiment {experiment!r})" if experiment
-                                                                           else "")
-                         + "; run jobs/tune_adept.py first or pass --run-id.")
+        raise UserError(f"--sweep: no sweep named {sweep!r} in {uri}" + (f" (experiment {experiment!r})" if experiment
+                                                                          else "")
+                        + "; run jobs/tune_adept.py first or pass --run-id.")
     parent = parents[0]
     best = parent.data.tags.get("best_run_id")
     if not best:
-        raise ValueError(f"--sweep: sweep {sweep!r} has no best trial yet (still running, or every trial failed).")
+        raise UserError(f"--sweep: sweep {sweep!r} has no best trial yet (still running, or every trial failed).")
     metric = parent.data.tags.get("metric")
     return candidate_from_run(uri, best, metric=metric.replace("_", "/", 1) if metric else None)
 
@@ -98,11 +100,11 @@ def candidate_from_run(uri: str, run_id: str, metric: str | None = None) -> Cand
     try:
         run = get_run(uri, run_id)
     except LookupError as err:
-        raise ValueError(f"--run-id: no run {run_id!r} in {uri} ({str(err)[:200]}).") from None
+        raise UserError(f"--run-id: no run {run_id!r} in {uri} ({str(err)[:200]}).") from None
     tags = run.data.tags
     if not list_artifacts(uri, run_id, "best_adapter"):
-        raise ValueError(f"--run-id: run {run_id} has no best_adapter artifact (not an adept fit, or it never "
-                         "finished an evaluation).")
+        raise UserError(f"--run-id: run {run_id} has no best_adapter artifact (not an adept fit, or it never "
+                        "finished an evaluation).")
     with tempfile.TemporaryDirectory() as tmp:
         train = json.loads(Path(download_artifacts(uri, run_id, RESOLVED_CONFIG, tmp)).read_text())
     task_name = tags.get("task_name") or Path(train["task"]).stem
@@ -113,7 +115,7 @@ def candidate_from_run(uri: str, run_id: str, metric: str | None = None) -> Cand
         metric = f"val/{resolve_task(TrainConfig.from_resolved(train)).primary_metric}"
     history = metric_history(uri, run_id, metric)
     if not history:
-        raise ValueError(f"--run-id: run {run_id} has no metric {metric!r}.")
+        raise UserError(f"--run-id: run {run_id} has no metric {metric!r}.")
     score = max(value for _, value in history)
     return Candidate(run_id, score, metric, "max", task_name, train, dict(tags), sweep=tags.get("adept.sweep"),
                      trial_id=tags.get("ray.trial_id"), parent_run_id=tags.get(PARENT_TAG))
@@ -131,8 +133,8 @@ def serving_config(candidate: Candidate):
         fp = {**fingerprint(resolved), "ref": ref}
         return ServingConfig.from_run(candidate.train, backbone=ref, fingerprint=fp), resolved
     except (OSError, ValueError, KeyError) as err:
-        raise ValueError(f"run {candidate.run_id}: its task or backbone cannot be read here ({err}); register on a "
-                         "machine that has the task files and the backbone.") from err
+        raise UserError(f"run {candidate.run_id}: its task or backbone cannot be read here ({err}); register on a "
+                        "machine that has the task files and the backbone.") from err
 
 
 def log_adept_model(uri: str, candidate: Candidate, run_id: str, bundle_backbone: bool = False):
@@ -144,7 +146,7 @@ def log_adept_model(uri: str, candidate: Candidate, run_id: str, bundle_backbone
         artifacts = {"adapter": download_artifacts(uri, candidate.run_id, "best_adapter", tmp)}
         if bundle_backbone:
             if not Path(resolved).is_dir():
-                raise ValueError(f"--bundle-backbone: backbone {candidate.backbone_ref!r} is not a local folder.")
+                raise UserError(f"--bundle-backbone: backbone {candidate.backbone_ref!r} is not a local folder.")
             artifacts["backbone"] = resolved
         return log_code_model(
             uri, run_id, name="adept_model", code=MODEL_CODE, artifacts=artifacts,

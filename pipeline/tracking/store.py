@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+from pipeline.core.errors import Unreachable, UserError
+
 log = logging.getLogger("adept")
 T = TypeVar("T")
 
@@ -58,16 +60,16 @@ def check_tracking_server(uri: str) -> None:
     """Fail fast, before Ray starts, when the tracking store cannot be reached or would be created oddly."""
     if uri.startswith("sqlite:"):
         if not uri.startswith("sqlite:///"):
-            raise ValueError(f"mlflow_uri={uri!r}: use sqlite:///relative/path.db or sqlite:////absolute/path.db.")
+            raise UserError(f"mlflow_uri={uri!r}: use sqlite:///relative/path.db or sqlite:////absolute/path.db.")
         path = Path(uri.removeprefix("sqlite:///"))
         if not path.parent.is_dir():
-            raise ValueError(f"mlflow_uri={uri!r}: the folder {str(path.parent)!r} does not exist; create it first "
-                             "or point the URI at an existing folder (nothing was created).")
+            raise UserError(f"mlflow_uri={uri!r}: the folder {str(path.parent)!r} does not exist; create it first "
+                            "or point the URI at an existing folder (nothing was created).")
     try:
         with fail_fast_http():
             client(uri).search_experiments(max_results=1)
     except Exception as err:  # noqa: BLE001 - connection, auth and schema errors all mean "not usable"
-        raise ConnectionError(
+        raise Unreachable(
             f"mlflow_uri: the tracking store {uri!r} is not reachable ({type(err).__name__}: {str(err)[:300]}); "
             "start the server or fix --mlflow-uri / MLFLOW_TRACKING_URI."
         ) from err

@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from pipeline.core.errors import UserError
+
 log = logging.getLogger("adept")
 
 MANIFEST = "manifest.json"
@@ -40,7 +42,7 @@ FORMAT = "adept-ray-checkpoint/1"
 RAY_OWNED = frozenset({".metadata.json", ".validate_checkpoint"})
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that must not be loaded: the message names the folder and the offending file."""
 
 

@@ -1,6 +1,6 @@
 """Run by test_zero3.py in its own process: ADePT inside a DeepSpeed ZeRO-3 engine (1 rank, gloo, CPU).
 
-Prints one JSON line with what the test checks.
+Prints one JSON line of raw values (shapes, tensors as lists, losses, messages); test_zero3.py compares them.
 """
 
 import importlib
@@ -34,18 +34,19 @@ ds_config = {"train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage":
              "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "torch_adam": True}}}
 base = tiny_llama()
 deepspeed.zero.Init(module=base, config_dict_or_path=ds_config)  # partition the backbone: shapes become [0]
-result = {"partitioned": tuple(base.get_input_embeddings().weight.shape) == (0,)}
+result = {"embedding_shape": list(base.get_input_embeddings().weight.shape)}
 model = get_adept_model(base, AdeptConfig(**config), tok)  # text init reads the partitioned vocabulary
-result["prompt_init_matches_unsharded"] = torch.equal(model.prompt.weight, reference.prompt.weight)
+result["prompt_init"] = model.prompt.weight.tolist()
+result["prompt_init_unsharded"] = reference.prompt.weight.tolist()
 engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
                                   config=ds_config)
 batch = tok(["good movie", "bad film"], return_tensors="pt", padding=True)
-result["worker_imports_this_checkout"] = Path(adept.__file__).resolve().parents[1] == Path(__file__).resolve().parents[2]
+result["adept_file"] = str(Path(adept.__file__).resolve())
 engine.module.eval()
 with torch.no_grad():
     labelled = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-    full = engine(**batch, labels=labelled).loss
-    result["loss_only_abs_diff"] = abs(engine(**batch, labels=labelled, loss_only=True).loss - full).item()
+    result["loss_full"] = engine(**batch, labels=labelled).loss.item()
+    result["loss_only"] = engine(**batch, labels=labelled, loss_only=True).loss.item()
 engine.module.train()
 losses = []
 for _ in range(4):
@@ -61,16 +62,17 @@ result["saved_shapes"] = {k: list(v.shape) for k, v in saved.items()}
 result["folded_table_shape"] = list(folded_embedding_table(engine.module).shape)
 try:
     engine.module.fold()
-    result["fold_refused"] = False
-except ValueError:
-    result["fold_refused"] = True
+    result["fold_error"] = None
+except ValueError as err:
+    result["fold_error"] = str(err)
 engine.module.eval()
 rank_config = EvalConfig(TokenizeConfig(backbone="causal", max_source_length=16, max_target_length=6, separator=":"),
                          eval_mode="rank", batch_size=2)
 rank_args = (engine.module, tok, ["good movie", "the plot is bad , the acting awful", "great"], ["positive", "no true"],
              rank_config)
-result["one_pass_max_abs_diff"] = (score_candidates(*rank_args, one_pass=True)
-                                   - score_candidates(*rank_args, one_pass=False)).abs().max().item()
+result["scores_one_pass"] = score_candidates(*rank_args, one_pass=True).tolist()
+result["scores_reference"] = score_candidates(*rank_args, one_pass=False).tolist()
 plain = AdeptModel.from_pretrained(tiny_llama(), out)
-result["reload_matches"] = all(torch.equal(saved[n], p) for n, p in plain.adapter_named_parameters())
+result["saved"] = {k: v.tolist() for k, v in saved.items()}
+result["reloaded"] = {n: p.tolist() for n, p in plain.adapter_named_parameters()}
 print("RESULT " + json.dumps(result))

@@ -91,8 +91,20 @@ def test_causal_collator_right_and_left_padding():
 
 def test_make_collator_and_pad_token_errors():
     tok = word_tokenizer(WORDS, "llama")
-    assert isinstance(make_collator(tok, TokenizeConfig(backbone="causal")), CausalCollator)
-    assert isinstance(make_collator(tok, TokenizeConfig(backbone="seq2seq"), pad_to_length=8), Seq2SeqCollator)
+    causal = make_collator(tok, TokenizeConfig(backbone="causal"))
+    seq2seq = make_collator(tok, TokenizeConfig(backbone="seq2seq"), pad_to_length=8)
+    assert causal == CausalCollator(pad_token_id=0, padding_side="right", pad_to_length=None)  # type and fields
+    assert seq2seq == Seq2SeqCollator(pad_token_id=0, pad_to_length=8)
+    feats = [{"input_ids": [3, 4, 8], "labels": [-100, -100, 8]}, {"input_ids": [3, 9], "labels": [-100, 9]}]
+    assert causal(feats)["input_ids"].tolist() == [[3, 4, 8], [3, 9, 0]]
+    assert causal(feats)["labels"].tolist() == [[-100, -100, 8], [-100, 9, -100]]
+    assert seq2seq(feats)["input_ids"].tolist() == [[3, 4, 8, 0, 0, 0, 0, 0], [3, 9, 0, 0, 0, 0, 0, 0]]
+    assert seq2seq(feats)["labels"].tolist() == [[-100, -100, 8], [-100, 9, -100]]  # targets stay dynamic
+    tok.pad_token = "</s>"  # the tokenizer's own pad id (1 here) is what the collator pads with
+    left = make_collator(tok, TokenizeConfig(backbone="causal"), padding_side="left")
+    assert left == CausalCollator(pad_token_id=1, padding_side="left")
+    assert left(feats)["input_ids"].tolist() == [[3, 4, 8], [1, 3, 9]]
+    assert left(feats)["attention_mask"].tolist() == [[1, 1, 1], [0, 1, 1]]
     tok.pad_token = None
     with pytest.raises(ValueError, match="tokenizer has no pad token; set one first, e.g. tokenizer.pad_token = tokenizer.eos_token"):
         pad_token_id(tok)

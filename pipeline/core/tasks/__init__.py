@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
+from pipeline.core.errors import UnknownName
 from pipeline.core.tasks import glue, mrqa, others, superglue
 from pipeline.core.tasks.base import SplitSpec, Task
 from pipeline.core.tasks.custom import CustomTaskSpec, load_custom_task
@@ -50,7 +51,7 @@ def get_task(name: str) -> Task:
     if key not in _REGISTRY:
         close = difflib.get_close_matches(key, list(_REGISTRY), n=3)
         hint = f"; did you mean {close}?" if close else ""
-        raise KeyError(f"unknown task {name!r}{hint} Registered: {list_tasks()}, or pass a custom-task .yaml path")
+        raise UnknownName(f"unknown task {name!r}{hint} Registered: {list_tasks()}, or pass a custom-task .yaml path")
     return _REGISTRY[key]
 
 

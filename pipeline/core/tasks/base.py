@@ -84,7 +84,7 @@ def format_number(value: float, round_to: float | None) -> str:
     if round_to is None:
         return f"{value:g}"
     if round_to <= 0:
-        raise ValueError(f"round_to={round_to}; use a positive step such as 0.2, or None for no rounding")
+        raise UserError(f"round_to={round_to}; use a positive step such as 0.2, or None for no rounding")
     decimals = len(f"{round_to:.10f}".rstrip("0").split(".")[1])
     inverse = 1.0 / round_to  # 2.3 * 5 = 11.5 exactly (→ 12), whereas 2.3 / 0.2 = 11.4999…
     return f"{float(np.round(value * inverse) / inverse):.{decimals}f}"
@@ -119,11 +119,11 @@ class SplitSpec:
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
-            raise ValueError(f"SplitSpec.protocol={self.protocol!r}; choose one of {PROTOCOLS}")
+            raise UserError(f"SplitSpec.protocol={self.protocol!r}; choose one of {PROTOCOLS}")
         if self.validation_size < 1:
-            raise ValueError(f"SplitSpec.validation_size={self.validation_size}; it must be >= 1")
+            raise UserError(f"SplitSpec.validation_size={self.validation_size}; it must be >= 1")
         if self.max_train is not None and self.max_train < 1:
-            raise ValueError(f"SplitSpec.max_train={self.max_train}; use None for no cap or a positive count")
+            raise UserError(f"SplitSpec.max_train={self.max_train}; use None for no cap or a positive count")
 
 
 @dataclass(frozen=True)
@@ -168,11 +168,11 @@ class Task:
         object.__setattr__(self, "metrics", tuple(self.metrics))
         object.__setattr__(self, "label_strings", tuple(str(s) for s in self.label_strings))
         if not self.name or self.name != self.name.lower():
-            raise ValueError(f"Task.name={self.name!r}; use a non-empty lower-case name")
+            raise UserError(f"Task.name={self.name!r}; use a non-empty lower-case name")
         if self.task_type not in TASK_TYPES:
-            raise ValueError(f"Task {self.name}: task_type={self.task_type!r}; choose one of {TASK_TYPES}")
+            raise UserError(f"Task {self.name}: task_type={self.task_type!r}; choose one of {TASK_TYPES}")
         if not self.metrics:
-            raise ValueError(f"Task {self.name}: metrics is empty; give at least one of {M.METRIC_NAMES}")
+            raise UserError(f"Task {self.name}: metrics is empty; give at least one of {M.METRIC_NAMES}")
         allowed = {
             "classification": M.CLASS_METRICS + ("exact_match",),
             "regression": M.REGRESSION_METRICS + ("exact_match",),
@@ -180,20 +180,20 @@ class Task:
         }[self.task_type]
         bad = [m for m in self.metrics if m not in allowed]
         if bad:
-            raise ValueError(f"Task {self.name}: metrics {bad} do not fit a {self.task_type} task; choose from {allowed}")
+            raise UserError(f"Task {self.name}: metrics {bad} do not fit a {self.task_type} task; choose from {allowed}")
         if any(m in self.metrics for m in ("f1", "mcc")) and len(self.label_strings) != 2:
-            raise ValueError(
+            raise UserError(
                 f"Task {self.name}: metrics 'f1' and 'mcc' are binary, but there are {len(self.label_strings)} "
                 "label strings; use 'macro_f1' / 'accuracy' for more classes"
             )
         if self.task_type == "classification" and len(self.label_strings) < 2:
-            raise ValueError(f"Task {self.name}: a classification task needs >= 2 label_strings, got {self.label_strings}")
+            raise UserError(f"Task {self.name}: a classification task needs >= 2 label_strings, got {self.label_strings}")
         if len(set(self.label_strings)) != len(self.label_strings) or any(not s.strip() for s in self.label_strings):
-            raise ValueError(f"Task {self.name}: label_strings {self.label_strings} must be distinct and non-blank")
+            raise UserError(f"Task {self.name}: label_strings {self.label_strings} must be distinct and non-blank")
         if self.hub_id is None and self.loader is None:
             raise ValueError(f"Task {self.name}: give hub_id (for datasets.load_dataset) or a loader function")
         if self.max_new_tokens < 1:
-            raise ValueError(f"Task {self.name}: max_new_tokens={self.max_new_tokens}; it must be >= 1")
+            raise UserError(f"Task {self.name}: max_new_tokens={self.max_new_tokens}; it must be >= 1")
 
     # ------------------------------------------------------------------ variants
     @property
@@ -204,9 +204,9 @@ class Task:
     def with_label_strings(self, label_strings: tuple[str, ...] | list[str]) -> Task:
         """A copy with another verbalizer, e.g. ``("no", "yes")`` for a causal LM instead of ``("0", "1")``."""
         if self.task_type != "classification":
-            raise ValueError(f"Task {self.name} is {self.task_type}; only classification tasks take a verbalizer")
+            raise UserError(f"Task {self.name} is {self.task_type}; only classification tasks take a verbalizer")
         if len(label_strings) != len(self.label_strings):
-            raise ValueError(
+            raise UserError(
                 f"Task {self.name} has {len(self.label_strings)} classes {self.label_strings}; "
                 f"with_label_strings got {len(label_strings)}: {list(label_strings)}"
             )
@@ -278,12 +278,12 @@ class Task:
             full = self.load_official(spec.train, raw)
             perm, k = permutation(len(full), spec.seed), spec.validation_size
             if len(full) <= k:
-                raise ValueError(f"Task {self.name}: train has {len(full)} rows, not more than validation_size={k}")
+                raise UserError(f"Task {self.name}: train has {len(full)} rows, not more than validation_size={k}")
             data = full.select(perm[:k] if split == "validation" else perm[k:])
         else:  # holdout
             full = self.load_official(spec.train, raw)
             if len(full) < 3:
-                raise ValueError(f"Task {self.name}: train has {len(full)} rows; the holdout split needs at least 3")
+                raise UserError(f"Task {self.name}: train has {len(full)} rows; the holdout split needs at least 3")
             perm, v = permutation(len(full), spec.seed), min(spec.validation_size, max(1, len(full) // 10))
             data = full.select({"validation": perm[:v], "test": perm[v : 2 * v], "train": perm[2 * v :]}[split])
         if split == "train" and spec.max_train is not None and len(data) > spec.max_train:
@@ -298,7 +298,7 @@ class Task:
         if max_examples is not None:
             data = data.select(range(min(max_examples, len(data))))
         if len(data) == 0:
-            raise ValueError(f"Task {self.name}: the {split} split is empty; check the data files or split settings")
+            raise UserError(f"Task {self.name}: the {split} split is empty; check the data files or split settings")
         return self.format_dataset(data, explode=self.explode_train and split == "train")
 
     def get_splits(

@@ -28,6 +28,8 @@ from typing import Any
 
 import datasets
 
+from pipeline.core.config import check_known_keys, load_yaml
+from pipeline.core.errors import MissingFile, UserError
 from pipeline.core.tasks.base import PROTOCOLS, TASK_TYPES, SplitSpec, Task, join_fields
 
 BUILDERS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -67,37 +69,35 @@ class CustomTaskSpec:
         if isinstance(self.input_columns, str):
             self.input_columns = [self.input_columns]
         if self.task_type not in TASK_TYPES:
-            raise ValueError(f"custom task {self.name!r}: task_type={self.task_type!r}; choose one of {TASK_TYPES}")
+            raise UserError(f"custom task {self.name!r}: task_type={self.task_type!r}; choose one of {TASK_TYPES}")
         if not self.input_columns:
-            raise ValueError(f"custom task {self.name!r}: input_columns is empty; list the columns that form the input")
+            raise UserError(f"custom task {self.name!r}: input_columns is empty; list the columns that form the input")
         if self.split_protocol not in ("auto", *PROTOCOLS):
-            raise ValueError(f"custom task {self.name!r}: split_protocol={self.split_protocol!r}; choose auto or one of {PROTOCOLS}")
+            raise UserError(f"custom task {self.name!r}: split_protocol={self.split_protocol!r}; choose auto or one of {PROTOCOLS}")
         if self.verbalizer is not None and self.task_type != "classification":
-            raise ValueError(f"custom task {self.name!r}: verbalizer only applies to task_type=classification")
+            raise UserError(f"custom task {self.name!r}: verbalizer only applies to task_type=classification")
         if self.verbalizer is not None and len(self.verbalizer) < 2:
-            raise ValueError(f"custom task {self.name!r}: verbalizer needs at least 2 labels, got {self.verbalizer}")
+            raise UserError(f"custom task {self.name!r}: verbalizer needs at least 2 labels, got {self.verbalizer}")
         for key, value in (self.verbalizer or {}).items():
             if not isinstance(value, str):  # YAML reads unquoted yes/no/true as booleans
-                raise ValueError(
+                raise UserError(
                     f"custom task {self.name!r}: verbalizer value for {key!r} is {value!r} ({type(value).__name__}), "
                     "not a string; quote it in YAML, e.g. 1: \"yes\""
                 )
         for key in ("train", "validation", "test"):
             path = self.path(key)
             if path is not None and not path.is_file():
-                raise FileNotFoundError(f"custom task {self.name!r}: {key} file {str(path)!r} does not exist; fix the '{key}' path")
+                raise MissingFile(f"custom task {self.name!r}: {key} file {str(path)!r} does not exist; fix the '{key}' path")
             if path is not None and path.suffix.lower() not in BUILDERS:
-                raise ValueError(f"custom task {self.name!r}: {key} file {path.name!r} must end in one of {sorted(BUILDERS)}")
+                raise UserError(f"custom task {self.name!r}: {key} file {path.name!r} must end in one of {sorted(BUILDERS)}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], base_dir: str | Path | None = None) -> CustomTaskSpec:
-        known = set(cls.__dataclass_fields__) - {"base_dir"}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"custom task spec: unknown key(s) {unknown}; allowed keys are {sorted(known)}")
+        known = sorted(set(cls.__dataclass_fields__) - {"base_dir"})
+        check_known_keys(data, known, "key", f"allowed keys are {known}", where="custom task spec")
         missing = [k for k in ("name", "train", "input_columns", "label_column") if k not in data]
         if missing:
-            raise ValueError(f"custom task spec: missing required key(s) {missing}")
+            raise UserError(f"custom task spec: missing required key(s) {missing}")
         return cls(**data, base_dir=None if base_dir is None else str(base_dir))
 
     @classmethod
@@ -105,12 +105,10 @@ class CustomTaskSpec:
         """Relative data paths in the YAML are resolved against the YAML file's folder."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"custom task spec {str(path)!r} does not exist")
-        from pipeline.core.config import load_yaml
-
+            raise MissingFile(f"custom task spec {str(path)!r} does not exist")
         data = load_yaml(path.read_text(), f"custom task spec {str(path)!r}")
         if not isinstance(data, dict):
-            raise ValueError(f"custom task spec {str(path)!r} must be a YAML mapping of keys to values")
+            raise UserError(f"custom task spec {str(path)!r} must be a YAML mapping of keys to values")
         return cls.from_dict(data, base_dir=path.parent)
 
     def path(self, key: str) -> Path | None:
@@ -143,11 +141,11 @@ def _load_file(spec: CustomTaskSpec, key: str) -> datasets.Dataset:
     path = spec.path(key)
     where = f"custom task {spec.name!r}, {key} file {str(path)!r}"
     if not _has_rows(path):
-        raise ValueError(f"{where}: the split is empty; give a file with at least one row")
+        raise UserError(f"{where}: the split is empty; give a file with at least one row")
     try:
         return datasets.load_dataset(BUILDERS[path.suffix.lower()], data_files=str(path), split="train")
     except Exception as err:  # the builders' own errors do not name the file
-        raise ValueError(f"{where}: could not be read as {path.suffix} ({type(err).__name__}: {err})") from err
+        raise UserError(f"{where}: could not be read as {path.suffix} ({type(err).__name__}: {err})") from err
 
 
 class _CustomFormatter:
@@ -170,14 +168,14 @@ def _check(spec: CustomTaskSpec, key: str, data: datasets.Dataset, label_index: 
     """Raise a clear error for an empty file, a missing column, an unknown label or a non-numeric target."""
     where = f"custom task {spec.name!r}, {key} file {str(spec.path(key))!r}"
     if len(data) == 0:
-        raise ValueError(f"{where}: the split is empty; give a file with at least one row")
+        raise UserError(f"{where}: the split is empty; give a file with at least one row")
     needed = [c for c, _ in spec.columns] + [spec.label_column]
     missing = [c for c in needed if c not in data.column_names]
     if missing:
-        raise ValueError(f"{where}: missing column(s) {missing}; the file has {data.column_names}")
+        raise UserError(f"{where}: missing column(s) {missing}; the file has {data.column_names}")
     for i, value in enumerate(data[spec.label_column]):
         if spec.task_type == "classification" and _label_key(value) not in label_index:
-            raise ValueError(
+            raise UserError(
                 f"{where}, row {i}: label value {value!r} is not in the label set {sorted(label_index)}; "
                 "add it to 'verbalizer' or fix the row"
             )
@@ -187,9 +185,9 @@ def _check(spec: CustomTaskSpec, key: str, data: datasets.Dataset, label_index: 
             except (TypeError, ValueError):
                 ok = False
             if not ok:
-                raise ValueError(f"{where}, row {i}: regression target {value!r} is not a finite number")
+                raise UserError(f"{where}, row {i}: regression target {value!r} is not a finite number")
         if spec.task_type == "generation" and (value is None or value == []):
-            raise ValueError(f"{where}, row {i}: the target column {spec.label_column!r} is empty")
+            raise UserError(f"{where}, row {i}: the target column {spec.label_column!r} is empty")
 
 
 def _check_learnable(spec: CustomTaskSpec, train: datasets.Dataset) -> None:
@@ -197,13 +195,13 @@ def _check_learnable(spec: CustomTaskSpec, train: datasets.Dataset) -> None:
     where = f"custom task {spec.name!r}, train file {str(spec.path('train'))!r}"
     texts = [" ".join("" if row[c] is None else str(row[c]) for c, _ in spec.columns) for row in train]
     if not any(t.strip() for t in texts):
-        raise ValueError(f"{where}: every row's input columns {[c for c, _ in spec.columns]} are empty; "
-                         "check input_columns names the columns that hold the text")
+        raise UserError(f"{where}: every row's input columns {[c for c, _ in spec.columns]} are empty; "
+                        "check input_columns names the columns that hold the text")
     if spec.task_type == "classification":
         seen = {_label_key(v) for v in train[spec.label_column]}
         if len(seen) < 2:
-            raise ValueError(f"{where}: every row has the label {sorted(seen)}; a classifier needs at least two "
-                             "classes in its train split (check the label column and the split)")
+            raise UserError(f"{where}: every row has the label {sorted(seen)}; a classifier needs at least two "
+                            "classes in its train split (check the label column and the split)")
 
 
 def load_custom_task(spec: CustomTaskSpec | Mapping[str, Any] | str | Path) -> Task:
@@ -238,7 +236,7 @@ def load_custom_task(spec: CustomTaskSpec | Mapping[str, Any] | str | Path) -> T
             protocol = "holdout"
     needs = {"official": {"train", "validation", "test"}, "small": {"train", "validation"}, "large": {"train", "validation"}, "holdout": {"train"}}
     if not needs[protocol] <= set(files):
-        raise ValueError(f"custom task {spec.name!r}: split_protocol={protocol!r} needs files for {sorted(needs[protocol])}")
+        raise UserError(f"custom task {spec.name!r}: split_protocol={protocol!r} needs files for {sorted(needs[protocol])}")
 
     def loader(split_name: str) -> datasets.Dataset:
         return files[split_name]

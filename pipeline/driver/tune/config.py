@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.config import TrainConfig, parse_override, read_config_file
+from pipeline.core.config import TrainConfig, check_known_keys, parse_override, read_config_file
+from pipeline.core.errors import UserError
 
 ALIASES = {"m": "num_virtual_tokens", "ffn_hidden_size": "r", "rank": "r"}
 # Keys a trial may not change: they select the model/data/resources every trial shares or name the run.
@@ -47,31 +48,31 @@ class SweepConfig:
 
     def __post_init__(self) -> None:
         if self.name is not None and not re.fullmatch(r"[A-Za-z0-9._-]+", str(self.name)):
-            raise ValueError(f"sweep name={self.name!r}: use letters, digits, '.', '_' and '-' only.")
+            raise UserError(f"sweep name={self.name!r}: use letters, digits, '.', '_' and '-' only.")
         if not isinstance(self.space, dict):
-            raise ValueError(f"sweep space must be a mapping of config keys to values, got {self.space!r}.")
+            raise UserError(f"sweep space must be a mapping of config keys to values, got {self.space!r}.")
         for key, value in (("num_samples", self.num_samples), ("top_k", self.top_k)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"sweep {key}={value!r} must be an integer >= 1.")
+                raise UserError(f"sweep {key}={value!r} must be an integer >= 1.")
         if self.mode not in ("max", "min"):
-            raise ValueError(f"sweep mode={self.mode!r}: use max or min.")
+            raise UserError(f"sweep mode={self.mode!r}: use max or min.")
         if self.scheduler not in SCHEDULERS:
-            raise ValueError(f"sweep scheduler={self.scheduler!r}: use one of {SCHEDULERS}.")
+            raise UserError(f"sweep scheduler={self.scheduler!r}: use one of {SCHEDULERS}.")
         if self.search not in SEARCHERS:
-            raise ValueError(f"sweep search={self.search!r}: use one of {SEARCHERS}.")
-        if not self.reduction_factor > 1:
-            raise ValueError(f"sweep reduction_factor={self.reduction_factor!r} must be > 1.")
+            raise UserError(f"sweep search={self.search!r}: use one of {SEARCHERS}.")
+        if not isinstance(self.reduction_factor, int | float) or not self.reduction_factor > 1:
+            raise UserError(f"sweep reduction_factor={self.reduction_factor!r} must be > 1.")
         if self.grace_period is not None and (not isinstance(self.grace_period, int) or self.grace_period < 1):
-            raise ValueError(f"sweep grace_period={self.grace_period!r} must be an integer >= 1 (training steps).")
+            raise UserError(f"sweep grace_period={self.grace_period!r} must be an integer >= 1 (training steps).")
         if self.max_concurrent_trials is not None and (not isinstance(self.max_concurrent_trials, int)
                                                        or self.max_concurrent_trials < 1):
-            raise ValueError(f"sweep max_concurrent_trials={self.max_concurrent_trials!r} must be an integer >= 1.")
+            raise UserError(f"sweep max_concurrent_trials={self.max_concurrent_trials!r} must be an integer >= 1.")
         if self.cpus_per_worker is not None and (not isinstance(self.cpus_per_worker, int) or self.cpus_per_worker < 1):
-            raise ValueError(f"sweep cpus_per_worker={self.cpus_per_worker!r} must be an integer >= 1.")
+            raise UserError(f"sweep cpus_per_worker={self.cpus_per_worker!r} must be an integer >= 1.")
         if not isinstance(self.points_to_evaluate, list) or not all(isinstance(p, dict) for p in self.points_to_evaluate):
-            raise ValueError(f"sweep points_to_evaluate must be a list of mappings, got {self.points_to_evaluate!r}.")
+            raise UserError(f"sweep points_to_evaluate must be a list of mappings, got {self.points_to_evaluate!r}.")
         if not isinstance(self.max_failures, int) or self.max_failures < 0:
-            raise ValueError(f"sweep max_failures={self.max_failures!r} must be an integer >= 0.")
+            raise UserError(f"sweep max_failures={self.max_failures!r} must be an integer >= 0.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -79,13 +80,14 @@ class SweepConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> SweepConfig:
         data = dict(data or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown sweep key(s) {unknown}; known: {sorted(known)} (see pipeline/driver/tune/config.py).")
+        known = sorted(f.name for f in dataclasses.fields(cls))
+        check_known_keys(data, known, "sweep key", f"known: {known} (see pipeline/driver/tune/config.py).")
         for key in ("reduction_factor",):
             if isinstance(data.get(key), int | str) and not isinstance(data.get(key), bool):
-                data[key] = float(data[key])
+                try:
+                    data[key] = float(data[key])
+                except ValueError:
+                    raise UserError(f"sweep {key}={data[key]!r} must be a number.") from None
         return cls(**data)
 
 
@@ -109,7 +111,7 @@ def load_sweep(path: str | Path | None = None, overrides: list[str] | None = Non
     if sweep is None:
         sweep = read_config_file(PAPER_GRID)["sweep"]
     if not isinstance(sweep, dict):
-        raise ValueError(f"{str(path)!r}: the sweep section must be a mapping, got {sweep!r}.")
+        raise UserError(f"{str(path)!r}: the sweep section must be a mapping, got {sweep!r}.")
     base = data
     for item in overrides or []:
         key, value = parse_override(item)
@@ -163,11 +165,11 @@ def parse_space(space: dict[str, Any]) -> list[Dimension]:
         key = ALIASES.get(raw_key, raw_key)
         if key not in fields:
             hint = [k for k in fields if k.startswith(key[:3])][:3]
-            raise ValueError(f"sweep space key {raw_key!r} is not a TrainConfig field (similar: {hint}).")
+            raise UserError(f"sweep space key {raw_key!r} is not a TrainConfig field (similar: {hint}).")
         if key in FIXED_KEYS:
-            raise ValueError(f"sweep space key {raw_key!r} cannot vary between trials: set it in the base config.")
+            raise UserError(f"sweep space key {raw_key!r} cannot vary between trials: set it in the base config.")
         if key in seen:
-            raise ValueError(f"sweep space sets {key!r} twice (directly and through an alias).")
+            raise UserError(f"sweep space sets {key!r} twice (directly and through an alias).")
         seen.add(key)
         dims.append(_dimension(key, spec, fields[key]))
     return dims
@@ -180,29 +182,29 @@ def _dimension(key: str, spec: Any, annotation: str) -> Dimension:
     if not isinstance(spec, dict):
         return Dimension(key, "constant", (spec,))
     if len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
-        raise ValueError(f"{where}: {spec!r} is not one of a list, a constant or {{kind: values}} with kind in "
-                         f"{DISTRIBUTIONS}.")
+        raise UserError(f"{where}: {spec!r} is not one of a list, a constant or {{kind: values}} with kind in "
+                        f"{DISTRIBUTIONS}.")
     kind, values = next(iter(spec.items()))
     if not isinstance(values, list) or not values:
-        raise ValueError(f"{where}: {kind} needs a non-empty list, got {values!r}.")
+        raise UserError(f"{where}: {kind} needs a non-empty list, got {values!r}.")
     if kind in ("choice", "grid"):
         if len(set(map(repr, values))) != len(values):
-            raise ValueError(f"{where}: {kind} values {values} repeat.")
+            raise UserError(f"{where}: {kind} values {values} repeat.")
         return Dimension(key, kind, tuple(values))
     if len(values) != 2:
-        raise ValueError(f"{where}: {kind} takes [low, high], got {values!r}.")
+        raise UserError(f"{where}: {kind} takes [low, high], got {values!r}.")
     try:
         lo, hi = (int(v) for v in values) if kind == "randint" else (float(v) for v in values)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{where}: {kind} bounds {values!r} must be numbers.") from err
+        raise UserError(f"{where}: {kind} bounds {values!r} must be numbers.") from err
     if kind == "randint" and not annotation.startswith("int"):
-        raise ValueError(f"{where}: randint is for integer keys; {key} is {annotation}.")
+        raise UserError(f"{where}: randint is for integer keys; {key} is {annotation}.")
     if kind != "randint" and annotation.startswith("int"):
-        raise ValueError(f"{where}: {kind} gives floats, but {key} is an integer; use randint or a list.")
+        raise UserError(f"{where}: {kind} gives floats, but {key} is an integer; use randint or a list.")
     if not lo < hi:
-        raise ValueError(f"{where}: {kind} needs low < high, got {values!r}.")
+        raise UserError(f"{where}: {kind} needs low < high, got {values!r}.")
     if kind == "loguniform" and lo <= 0:
-        raise ValueError(f"{where}: loguniform needs low > 0, got {values!r}.")
+        raise UserError(f"{where}: loguniform needs low > 0, got {values!r}.")
     return Dimension(key, kind, (lo, hi))
 
 
@@ -216,7 +218,7 @@ def trial_config(base: TrainConfig, params: dict[str, Any], name: str | None = N
             data["num_virtual_tokens"] = data["budget"]
         data["r"] = data["budget"] = None
     elif data.get("r") is None and data.get("budget") is None:
-        raise ValueError(f"method={data['method']!r} needs r or budget; set one in the base config or the space.")
+        raise UserError(f"method={data['method']!r} needs r or budget; set one in the base config or the space.")
     if name is not None:
         data["name"] = name
     if storage_path is not None:
