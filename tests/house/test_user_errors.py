@@ -64,3 +64,20 @@ def test_unknown_task_is_a_user_error_and_still_a_key_error():
     with pytest.raises(UnknownName) as info:
         get_task("rtee")
     assert isinstance(info.value, KeyError) and str(info.value).startswith("unknown task 'rtee'; did you mean ['rte'")
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"validation_size": "abc"}, "validation_size='abc' must be int; fix it in the task YAML"),
+    ({"seed": True}, "seed=True must be int"),
+    ({"input_columns": 3}, "input_columns=3 must be list or dict"),
+    ({"test": ["a.csv"]}, "test=['a.csv'] must be str or null"),
+])
+def test_a_wrongly_typed_custom_task_key_is_a_user_error(change, message):
+    """YAML gives a list, a mapping or a bool anywhere: a custom-task key of the wrong type is named, not a
+    TypeError from deep inside the split code."""
+    from pipeline.core.tasks import load_custom_task
+
+    spec = {"name": "t", "train": "t.csv", "input_columns": ["a"], "label_column": "l", **change}
+    with pytest.raises(UserError) as info:
+        load_custom_task(spec)
+    assert str(info.value).startswith(f"custom task 't': {message}"), str(info.value)

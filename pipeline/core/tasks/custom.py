@@ -37,6 +37,14 @@ DEFAULT_METRICS = {"classification": ("accuracy",), "regression": ("pearson", "s
 LARGE_TRAIN = 10_000
 
 
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,), "train": (str,), "input_columns": (list, dict), "label_column": (str,), "task_type": (str,),
+    "validation": (str, type(None)), "test": (str, type(None)), "verbalizer": (dict, type(None)),
+    "metrics": (list, type(None)), "round_to": (int, float, type(None)), "split_protocol": (str,), "seed": (int,),
+    "validation_size": (int,), "max_train": (int, type(None)), "max_new_tokens": (int,),
+}
+
+
 def _label_key(value: Any) -> str:
     """Canonical string of a label value: ``1``, ``1.0`` and ``"1"`` all become ``"1"``."""
     if isinstance(value, float) and value.is_integer():
@@ -68,6 +76,11 @@ class CustomTaskSpec:
     def __post_init__(self) -> None:
         if isinstance(self.input_columns, str):
             self.input_columns = [self.input_columns]
+        for key, kinds in _FIELD_TYPES.items():  # YAML can give a list or a mapping anywhere
+            value = getattr(self, key)
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+                raise UserError(f"custom task {self.name!r}: {key}={value!r} must be {names}; fix it in the task YAML")
         if self.task_type not in TASK_TYPES:
             raise UserError(f"custom task {self.name!r}: task_type={self.task_type!r}; choose one of {TASK_TYPES}")
         if not self.input_columns:
