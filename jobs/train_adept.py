@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cli.start(args)
     try:
-        from pipeline.driver.launch import fit, prepare
+        from pipeline.driver.launch import prepare
 
         run = prepare(load_config(args))  # every check before Ray starts
     except cli.UserError as err:
@@ -66,11 +66,11 @@ def main(argv: list[str] | None = None) -> int:
           f"m={cfg.num_virtual_tokens} r={run.r} -> {run.trainable_params:,} trainable params; "
           f"{cfg.num_workers} worker(s), {'DeepSpeed ZeRO-' + str(cfg.zero_stage) if cfg.deepspeed else 'DDP'}, "
           f"{cfg.precision}; run {cfg.run_name!r} in {cfg.storage_path}")
-    from pipeline.driver.launch import tracking_error
+    from pipeline.driver.launch import display_name, run_fit, tracking_error
     from pipeline.tracking import TrackingOutage
 
     try:
-        result = fit(run)
+        result = run_fit(run)
     except TrackingOutage as err:  # trained, but MLflow did not get everything: the message says how to fix it
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 1
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics = {k: round(v, 4) for k, v in result.metrics.items() if k.startswith(("val_", "test_"))}
     print(f"[adept] finished: {metrics}")
     print(f"[adept] best adapter: {best}")
-    print(f"[adept] MLflow: {run.tracking_uri} (experiment {cfg.experiment!r}, run {run.display_name!r}); "
+    print(f"[adept] MLflow: {run.tracking_uri} (experiment {cfg.experiment!r}, run {display_name(run)!r}); "
           f"UI: mlflow ui --backend-store-uri {run.tracking_uri}")
     return 0
 

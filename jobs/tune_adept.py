@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cli.start(args)
     try:
-        from pipeline.driver.tune import format_report, prepare_sweep, run_sweep
+        from pipeline.driver.tune import format_report, prepare_sweep
 
         cfg, sweep = load_config(args)
         if args.print_config:
@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info(f"[adept] {'resuming ' if prep.resume else ''}sweep {prep.name!r}: {run.config.task} with "
           f"{run.config.backbone} ({run.kind}, d={run.hidden_size}); {prep.total_trials} trial(s); state in "
           f"{prep.storage}")
+    from pipeline.driver.tune.run import run_sweep  # Ray, Tune and torch: only once every check passed
+
     try:
         outcome = run_sweep(prep, log=log.info)
     except cli.UserError as err:

@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.core.backbones import BackboneError
+
 
 @dataclass(frozen=True)
 class BackboneInfo:
@@ -25,8 +27,6 @@ class BackboneInfo:
 def inspect_backbone(path_or_id: str, trust_remote_code: bool = False, check_files: bool = True) -> BackboneInfo:
     """Read the backbone's config (and, for a local folder, check its tokenizer and weight files)."""
     from transformers import AutoConfig
-
-    from pipeline.core.backbones import BackboneError
 
     try:
         config = AutoConfig.from_pretrained(path_or_id, trust_remote_code=trust_remote_code)
@@ -54,7 +54,7 @@ def _first(config, *names: str) -> int:
         value = getattr(config, name, None)
         if value:
             return int(value)
-    raise ValueError(f"backbone config has none of {names}")
+    raise BackboneError(f"backbone: its config has none of {names}; give a backbone with a standard transformers config.")
 
 
 def _check_tokenizer(folder: Path, trust_remote_code: bool) -> None:

@@ -87,6 +87,9 @@ class TrainConfig:
     experiment: str = "adept"
     tracking_outage_s: float = 600.0  # keep training while MLflow is unreachable this long (logs buffered)
     node_wait_s: float = 300.0  # after losing a node: wait this long for capacity to come back, then fail
+    # recipe callbacks, each "module:Name" or "path/to/file.py:Name", optionally with keyword arguments:
+    # "my_hooks:LogGradNorms(every=10)". Called by every worker after each optimizer step (pipeline.worker.callbacks).
+    callbacks: list[str] | None = None
     seed: int = 42
 
     def __post_init__(self) -> None:
@@ -155,8 +158,6 @@ class TrainConfig:
 
     @property
     def tracking_uri(self) -> str:
-        from pipeline.tracking.store import default_tracking_uri
-
         return self.mlflow_uri or default_tracking_uri()
 
     def to_dict(self) -> dict[str, Any]:
@@ -312,6 +313,11 @@ def _type_name(hint: Any) -> str:
     if typing.get_origin(hint) is list:
         return f"a list of {_type_name(args[0])}"
     return getattr(hint, "__name__", str(hint))
+
+
+def default_tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI, else a sqlite store `mlflow.db` in the current directory (MLflow 3's own default)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
 # ADEPT_* variables (cache dir, test hooks) are the driver's settings for its workers. Ray reuses worker

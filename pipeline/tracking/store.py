@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+from pipeline.core.config import default_tracking_uri  # noqa: F401 - re-exported: tracking's default store
 from pipeline.core.errors import Unreachable, UserError
 
 log = logging.getLogger("adept")
@@ -21,11 +22,6 @@ DEFAULT_OUTAGE_BUDGET_S = 600.0
 
 class TrackingOutage(ConnectionError):
     """The tracking server stayed unreachable longer than the outage budget."""
-
-
-def default_tracking_uri() -> str:
-    """$MLFLOW_TRACKING_URI, else a sqlite store `mlflow.db` in the current directory (MLflow 3's own default)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
 def is_remote(uri: str) -> bool:

@@ -19,7 +19,7 @@ import torch
 
 from adept.model import AdeptModel
 from pipeline.core.config import TrainConfig
-from pipeline.worker.checkpoint import TrainerSnapshot
+from pipeline.worker.checkpoint import CheckpointError, TrainerSnapshot
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
@@ -124,7 +124,7 @@ class _Engine:
         names = [g.get("name", str(i)) for i, g in enumerate(self.optimizer.param_groups)]
         saved = [g["name"] for g in meta["groups"]]
         if names != saved:
-            raise ValueError(f"checkpoint optimizer groups {saved} do not match this run's {names} (another method?).")
+            raise CheckpointError(f"checkpoint optimizer groups {saved} do not match this run's {names} (another method?).")
         for group, entry in zip(self.optimizer.param_groups, meta["groups"], strict=True):
             group["lr"] = entry["lr"]
         self.scheduler.load_state_dict(meta["scheduler"])

@@ -26,6 +26,7 @@ import torch
 
 from adept.io import load_adapter_state_dict, read_adapter_state_dict, save_adapter
 from pipeline.core.config import TrainConfig, apply_driver_env
+from pipeline.core.errors import UserError
 from pipeline.core.logs import configure_worker_logging
 from pipeline.core.progress import EvalProgress, TrainProgress
 from pipeline.core.resolve import ResolvedRun
@@ -115,7 +116,7 @@ class FitRecipe:
         self.model, self.tokenizer = build_model(self.run_spec, self.device, plan)
         self.data = build_data(self.run_spec, self.tokenizer, verbose=self.rank == 0)
         if len(self.data.train) // self.world < cfg.micro_batch_size:
-            raise ValueError(f"the train split has {len(self.data.train)} rows: too few for {self.world} workers × "
+            raise UserError(f"the train split has {len(self.data.train)} rows: too few for {self.world} workers × "
                              f"micro batch {cfg.micro_batch_size}; lower batch_size or num_workers.")
         optimizer = torch.optim.AdamW(self.model.parameter_groups(cfg.prompt_lr, cfg.offset_lr, cfg.weight_decay),
                                       eps=1e-6)

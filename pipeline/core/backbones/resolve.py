@@ -72,7 +72,7 @@ def load_backbone(name_or_path: str, *, dtype: str = "float32", trust_remote_cod
     model is then partitioned while it is built (see `build_random_model`).
     """
     if dtype not in DTYPES:
-        raise ValueError(f"backbone dtype {dtype!r} is not supported; fix: use one of float32, bfloat16, float16")
+        raise BackboneError(f"dtype: backbone dtype {dtype!r} is not supported; fix: use one of float32, bfloat16, float16")
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
