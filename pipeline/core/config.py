@@ -152,7 +152,7 @@ class TrainConfig:
     @property
     def run_name(self) -> str:
         backbone = Path(self.backbone.rstrip("/")).name
-        task = Path(self.task).stem if self.task.endswith((".yaml", ".yml")) else self.task
+        task = Path(self.task).stem if is_custom_task(self.task) else self.task
         default = f"{self.method}-{task}-{backbone}-m{self.num_virtual_tokens}-s{self.seed}"
         return self.name or re.sub(r"[^A-Za-z0-9._-]+", "-", default)  # "random:llama-1b" -> "random-llama-1b"
 
@@ -313,6 +313,11 @@ def _type_name(hint: Any) -> str:
     if typing.get_origin(hint) is list:
         return f"a list of {_type_name(args[0])}"
     return getattr(hint, "__name__", str(hint))
+
+
+def is_custom_task(task: str) -> bool:
+    """A `task` value that is the path of a custom-task YAML rather than a registry name."""
+    return str(task).endswith((".yaml", ".yml"))
 
 
 def default_tracking_uri() -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pipeline.core.backbone_info import inspect_backbone
 from pipeline.core.backbones import ALIASES, resolve_backbone
-from pipeline.core.config import TrainConfig, driver_env
+from pipeline.core.config import TrainConfig, driver_env, is_custom_task
 from pipeline.core.errors import UserError
 from pipeline.core.logs import train_log_level
 from pipeline.core.ray_compat import is_worker_group_start_timeout
@@ -42,7 +42,7 @@ def prepare(cfg: TrainConfig, check_mlflow: bool = True) -> ResolvedRun:
         raise UserError(f"eval_mode: 'rank' needs label strings, but task {task.name!r} has none; "
                         "set eval_mode=generate.")
     changes = {"storage_path": str(Path(cfg.storage_path).expanduser().resolve()), "mlflow_uri": cfg.tracking_uri}
-    if cfg.task.endswith((".yaml", ".yml")):
+    if is_custom_task(cfg.task):
         changes["task"] = str(Path(cfg.task).resolve())
     if cfg.callbacks:
         changes["callbacks"] = [resolve_callback_spec(spec) for spec in cfg.callbacks]

@@ -43,7 +43,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.core.config import check_known_keys
+from pipeline.core.config import check_known_keys, is_custom_task
 from pipeline.core.errors import UserError
 
 LABEL_KEYS = ("label", "value", "answers", "idx", "group")  # formatter fields that only carry the gold answer
@@ -93,7 +93,7 @@ class ServingConfig:
 
         cfg = TrainConfig.from_resolved(dict(train))
         task = resolve_task(cfg)
-        custom = cfg.task.endswith((".yaml", ".yml"))
+        custom = is_custom_task(cfg.task)
         if custom:
             from pipeline.core.tasks import CustomTaskSpec
 

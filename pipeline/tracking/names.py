@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.config import is_custom_task
+
 
 def ray_key(key: str) -> str:
     """The name Ray Train / Tune report a metric under: "val/accuracy" -> "val_accuracy"."""
@@ -22,7 +24,7 @@ def _short(value: Any) -> str:
 
 def fit_run_name(method: str, m: int, r: int | None, task: str) -> str:
     """e.g. "adept m8 r45 · movie-sentiment" (the distinguishing part first: the UI truncates the end)."""
-    task = Path(task).stem if task.endswith((".yaml", ".yml")) else task
+    task = Path(task).stem if is_custom_task(task) else task
     return f"{method} m{m}" + (f" r{r}" if r is not None else "") + f" · {task}"
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
+from pipeline.core.config import is_custom_task
 from pipeline.core.errors import UnknownName
 from pipeline.core.tasks import glue, mrqa, others, superglue
 from pipeline.core.tasks.base import SplitSpec, Task
@@ -45,7 +46,7 @@ def list_tasks() -> list[str]:
 def get_task(name: str) -> Task:
     """The registered task ``name`` (case-insensitive, common aliases accepted), or a custom task
     built from a ``.yaml`` / ``.yml`` spec path."""
-    if str(name).endswith((".yaml", ".yml")):
+    if is_custom_task(name):
         return load_custom_task(Path(name))
     key = ALIASES.get(str(name).lower(), str(name).lower())
     if key not in _REGISTRY:
