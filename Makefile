@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 CONSTRAINTS ?= constraints-cpu.txt
 PIP_C   := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 
-.PHONY: venv install demo test test-fast lint clean
+.PHONY: venv install demo test test-fast lint clean gpu-wheels
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -36,6 +36,11 @@ test-fast: install
 
 lint: install
 	$(BIN)/ruff check adept pipeline jobs tests benchmarks
+
+# The wheels the GPU machine's image lacks for benchmarks/gpu_check.py, into .whl/gpu/ (PyPI reachable; see
+# benchmarks/README.md "On a GPU machine"); prints their size against the device call's 64 MiB.
+gpu-wheels: install
+	PYTHON=$(BIN)/python bash benchmarks/gpu_wheels.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
