@@ -23,9 +23,10 @@ def test_local_ray_starts_while_the_agent_port_is_taken(tmp_path):
         blocker.close()
     with socket.socket() as check:  # whoever holds it, the port must be taken while the probe starts Ray
         assert check.connect_ex(("127.0.0.1", 52365)) == 0, "port 52365 could not be taken for the test"
-    probe = ("import logging, ray; from pipeline import logs; logs.configure('info')\n"
+    probe = ("import logging, ray; from pipeline.core import logs; logs.configure('info')\n"
+             "from pipeline.core.ray_compat import dashboard_agent_port\n"
              "from pipeline.driver.ray_setup import init_ray\ninit_ray(1, num_cpus=1)\n"
-             "print('NODES', len(ray.nodes()), 'AGENT', ray._private.worker.global_worker.node.dashboard_agent_listen_port)")
+             "print('NODES', len(ray.nodes()), 'AGENT', dashboard_agent_port())")
     try:
         proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300)
     finally:
