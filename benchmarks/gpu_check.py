@@ -378,40 +378,29 @@ def make_batch(kind: str, vocab: int, length: int, batch: int, device, labels: b
     return {k: v.to(device) for k, v in out.items()}
 
 
-def zero3_context(cfg):
-    """What `pipeline.worker.setup` does before building a ZeRO-3 backbone (an HfDeepSpeedConfig of stage 3,
-    kept alive while the model is built, so transformers builds it under `deepspeed.zero.Init`)."""
-    from transformers.integrations import HfDeepSpeedConfig
-
-    from pipeline.worker.engine import deepspeed_config
-
-    return HfDeepSpeedConfig(deepspeed_config(cfg))
-
-
 def train_row(row: Row, ctx: Context) -> dict:
     import torch
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     from adept import get_adept_model
     from adept.model import labelled_head_supported
-    from pipeline.worker.engine import build_engine, linear_warmup_schedule
+    from pipeline.worker.engine import build_engine, deepspeed_plan, linear_warmup_schedule
 
     t_row = time.perf_counter()
     held = _memory_start(ctx)
     config = backbone_config(row.backbone)
     kind = "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
     cfg = train_config(row, kind, ctx.gpu)
-    hf_ds = zero3_context(cfg) if row.zero == 3 else None
+    plan = deepspeed_plan(cfg, ctx.device)  # the engine's own ZeRO-3 set-up: the backbone is built partitioned
     try:
-        base, kind = build_backbone(row.backbone, ctx.device, zero3=hf_ds is not None)
+        base, kind = build_backbone(row.backbone, ctx.device, zero3=plan.partitioned is not None)
         d = hidden_size(base)
         adept_cfg, r = method_config(cfg, kind, d)
         weights, dims = linear_weights(base, kind), attention_dims(base.config)
         head_positions = row.batch * TARGET_TOKENS if (kind == "seq2seq" or labelled_head_supported(base)) else None
         model = get_adept_model(base, adept_cfg)
-        model._adept_zero3_config = hf_ds
         optimizer = torch.optim.AdamW(model.parameter_groups(0.01, 1e-4), eps=1e-6)
-        engine = build_engine(cfg, model, optimizer, linear_warmup_schedule(optimizer, 0, 1000), ctx.device, 1)
+        engine = build_engine(cfg, model, optimizer, linear_warmup_schedule(optimizer, 0, 1000), ctx.device, 1, plan)
         build_s = time.perf_counter() - t_row
         batch = make_batch(kind, base.config.get_text_config().vocab_size, row.length, row.batch, ctx.device)
         m = adept_cfg.num_virtual_tokens
@@ -443,7 +432,7 @@ def train_row(row: Row, ctx: Context) -> dict:
         engine = model = optimizer = base = destroy = None  # released before the next row (the closures too)
         return out
     finally:
-        hf_ds = None
+        plan = None
         unset_hf_deepspeed_config()  # the next backbone must not be built partitioned
         gc.collect()
 
