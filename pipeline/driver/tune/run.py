@@ -6,6 +6,7 @@ Imported only when a sweep starts (jobs/tune_adept.py, after every check): it im
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -288,4 +289,5 @@ def _zero_shot_task(run: ResolvedRun, env: dict[str, str]) -> dict[str, float]:
     model, tokenizer, _ = load_backbone(cfg.backbone, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
     model.to("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
     validation = run.task.get_split("validation", max_examples=cfg.max_eval_examples)
-    return evaluate(model, tokenizer, run.task, validation, run.eval).metrics
+    bare = dataclasses.replace(run.eval, pad_to_length=None)  # no adapter: DePT's fixed length s does not apply
+    return evaluate(model, tokenizer, run.task, validation, bare).metrics
