@@ -18,6 +18,7 @@ from .config import METHODS, AdeptConfig, budget_rank, count_trainable_params
 if TYPE_CHECKING:
     from .fold import FoldedAdeptModel
     from .model import AdeptModel, get_adept_model
+    from .packed import PackedAdeptModel, PackedOutput, concat_member_batches
     from .prompted import PromptedModel
 
 # name -> submodule that defines it; imported (with torch) on first access.
@@ -26,11 +27,14 @@ _LAZY = {
     "PromptedModel": "prompted",
     "get_adept_model": "model",
     "FoldedAdeptModel": "fold",
+    "PackedAdeptModel": "packed",
+    "PackedOutput": "packed",
+    "concat_member_batches": "packed",
 }
 
 __all__ = [
     "AdeptConfig", "AdeptModel", "FoldedAdeptModel", "PromptedModel", "get_adept_model", "budget_rank",
-    "count_trainable_params", "METHODS", "__version__",
+    "count_trainable_params", "METHODS", "__version__", "PackedAdeptModel", "PackedOutput", "concat_member_batches",
 ]
 
 
