@@ -6,7 +6,8 @@
                            --input reviews.jsonl --output predictions.jsonl
 
 Inputs: CSV or JSONL with the task's input columns (movie-sentiment: `text`; a custom task: its
-`input_columns`) or a `source` column with the formatted model input. Output: the input rows plus a
+`input_columns`) or a `source` column with the formatted model input; every such cell must hold text (an
+empty CSV cell, a JSON null or number is an error naming its row and column). Output: the input rows plus a
 `prediction` column (label string, or the generated answer), to --output (.csv / .jsonl) or stdout.
 Load options (pipeline/serving/config.py): --folded, --backbone (another copy of the backbone, e.g. when the recorded
 folder moved; fingerprint-checked), --batch-size, --max-new-tokens, --device, or any of them as
@@ -31,7 +32,9 @@ def read_inputs(path: Path):
     if path.suffix.lower() == ".csv":
         hint = 'quote text that contains commas ("a, b")'
         try:
-            frame = pd.read_csv(path)
+            # CSV cells are all text: read them as such ("5" is a review, not a number) and only an empty
+            # cell as missing (pandas' default would also turn the texts "NA", "None", "null" into NaN).
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
         except pd.errors.ParserError as err:
             raise cli.UserError(f"input file {path.name!r}: {str(err).strip()}; {hint}.") from None
         if not isinstance(frame.index, pd.RangeIndex):  # pandas turned the extra leading fields into an index

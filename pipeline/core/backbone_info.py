@@ -117,7 +117,12 @@ def fingerprint(resolved: str, trust_remote_code: bool = False) -> dict:
     """What identifies a backbone wherever it lies: architecture, sizes, a hash of its config, a hash of its
     weight files' headers (names, shapes, dtypes) and one of a sample of their bytes (64 slices of 16 KiB
     spread over each file: 1 MiB read per file, not gigabytes; other weights of the same shapes differ in
-    them), and the hub commit when it came from the hub. `resolved` is what `resolve_backbone` returned."""
+    them), and the hub commit when it came from the hub. `resolved` is what `resolve_backbone` returned.
+
+    A random alias's folder has no weight files: its weights are whatever `build_random_model` draws from the
+    config, the seed in its marker and the draw code (`INIT_SCHEME`), so those are what it records -
+    `random_seed` and `random_init_scheme` (readable in a refusal) and `weights_sha256` over config hash +
+    seed + scheme. Two copies with other seeds then differ like two real folders with other weights."""
     import hashlib
 
     from transformers import AutoConfig
@@ -129,7 +134,9 @@ def fingerprint(resolved: str, trust_remote_code: bool = False) -> dict:
            "hidden_size": _first(text, "hidden_size", "d_model", "n_embd"), "vocab_size": text.vocab_size,
            "config_sha256": hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()}
     folder = Path(resolved)
-    if folder.is_dir():
+    if folder.is_dir() and not weights_expected(folder):
+        out.update(_random_weights_id(folder, out["config_sha256"]))
+    elif folder.is_dir():
         out["weights_sha256"] = _weights_header_hash(folder)
         out["weights_sample_sha256"] = _weights_sample_hash(folder)
     elif getattr(config, "_commit_hash", None):
@@ -137,12 +144,29 @@ def fingerprint(resolved: str, trust_remote_code: bool = False) -> dict:
     return out
 
 
+LEGACY_RANDOM = "random-init"  # what records made before `random_seed` held for a random alias's weights
+
+
+def _random_weights_id(folder: Path, config_sha256: str) -> dict:
+    """Exactly the inputs of `build_random_model`'s draws besides the dtype (which the serving config fixes):
+    the config (by its hash), the marker's seed and the draw code's `INIT_SCHEME`. No sample hash: there are
+    no bytes to sample, and leaving the key out keeps it from being compared. One input it cannot see: under
+    ZeRO-3 on GPUs the draws run on the CUDA generator (other numbers than a CPU build, see
+    `build_random_model`), so an adapter trained that way matches this record but not the served weights."""
+    import hashlib
+
+    from pipeline.core.backbones import random_init
+    from pipeline.core.backbones.random_models import INIT_SCHEME
+
+    spec = {"random_seed": random_init(folder)["seed"], "random_init_scheme": INIT_SCHEME}
+    blob = json.dumps({"config_sha256": config_sha256, **spec}, sort_keys=True)
+    return {**spec, "weights_sha256": hashlib.sha256(blob.encode()).hexdigest()}
+
+
 def _weights_header_hash(folder: Path) -> str | None:
     import hashlib
     import struct
 
-    if not weights_expected(folder):
-        return "random-init"
     digest = hashlib.sha256()
     files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
     if not files:
@@ -167,8 +191,6 @@ def _weights_sample_hash(folder: Path) -> str | None:
     differ here, while the header hash above cannot tell them apart."""
     import hashlib
 
-    if not weights_expected(folder):
-        return "random-init"
     files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
     if not files:
         return None
@@ -192,15 +214,24 @@ def check_fingerprint(recorded: dict | None, actual: dict, recorded_ref: str, ac
 
     if not recorded:
         return
-    keys = ("architecture", "hidden_size", "vocab_size", "config_sha256", "weights_sha256",
-            "weights_sample_sha256", "revision")  # a key missing on one side (older records) is not compared
-    differ = [k for k in keys if k in recorded and k in actual and recorded[k] != actual[k]]
+    # a key missing on one side (older records) is not compared
+    keys = ("architecture", "hidden_size", "vocab_size", "config_sha256", "random_seed", "random_init_scheme",
+            "weights_sha256", "weights_sample_sha256", "revision")
+    # An older record of a random alias ("random-init") does not know its seed (every alias had seed 0 then):
+    # nothing to compare against another random folder. Against real weights it still differs.
+    differ = [k for k in keys if k in recorded and k in actual and recorded[k] != actual[k]
+              and not (recorded[k] == LEGACY_RANDOM and "random_seed" in actual)]
     if differ:
         detail = "; ".join(f"{k}: recorded {_short(recorded[k])}, given {_short(actual[k])}" for k in differ)
+        random = ""
+        if any(k.startswith("random_") for k in differ):
+            random = (" A random:* backbone's weights are drawn from its config.json, the seed in its "
+                      "adept_backbone.json and the code's INIT_SCHEME (pipeline/core/backbones/random_models.py): "
+                      "give a folder with the recorded seed, and code with the recorded scheme.")
         raise BackboneError(f"backbone: {actual_ref!r} is not the backbone this adapter was trained on "
                             f"(recorded: {recorded_ref!r}): {detail}. Fix: pass a copy of the recorded backbone "
                             "(mlflow.pyfunc.load_model(uri, model_config={'backbone': FOLDER}), jobs/predict.py "
-                            "--backbone FOLDER), or retrain on this one.")
+                            f"--backbone FOLDER), or retrain on this one.{random}")
 
 
 def _short(value) -> str:

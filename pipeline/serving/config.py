@@ -135,7 +135,8 @@ class ServingConfig:
         `DroppedColumns`). A frame without rows and without columns is an empty request (`[]`); columns that
         miss one of the task's are an `InputError` naming the missing and the expected ones, rows or not."""
         if "source" in frame.columns:
-            return [str(s) for s in frame["source"]]
+            check_text(frame, ["source"])
+            return list(frame["source"])
         given = [str(c) for c in frame.columns] + list(dropped or [])
         if not given and len(frame) == 0:
             return []
@@ -147,16 +148,41 @@ class ServingConfig:
                              f"(or one 'source' column with the formatted text), got {given}{note}.")
         if len(frame) == 0:
             return []
+        check_text(frame, self.columns)
         rows = frame.to_dict("records")
         if self.custom_format:
             from pipeline.core.tasks.base import join_fields
 
-            return [join_fields(*((shown, "" if row[c] is None else row[c]) for c, shown in self.input_columns))
-                    for row in rows]
+            return [join_fields(*((shown, row[c]) for c, shown in self.input_columns)) for row in rows]
         from pipeline.core.tasks import get_task
 
         formatter = get_task(self.task).formatter
         return [str(formatter(_Row(row))["source"]) for row in rows]
+
+
+def check_text(frame, columns: list[str], listed: int = 5) -> None:
+    """Every cell of the model's input columns must be a string: a null (JSON null, an empty CSV cell: pandas
+    gives None / NaN / NA) or a number would otherwise be formatted as "", "nan" or "5" and answered as if it
+    were a review. An `InputError` names the first `listed` bad cells by row (counted from 0, the request's
+    order) and column, and how many there are."""
+    import pandas as pd
+
+    bad = [(row, column, value) for column in columns
+           for row, value in enumerate(frame[column].tolist()) if not isinstance(value, str)]
+    if not bad:
+        return
+    bad.sort(key=lambda cell: cell[0])
+    cells = "; ".join(f"row {row}, column {column!r}: "
+                      + ("null" if pd.api.types.is_scalar(value) and pd.isna(value)
+                         else f"{_clip(repr(value))} ({type(value).__name__}, not a string)")
+                      for row, column, value in bad[:listed])
+    more = f" (and {len(bad) - listed} more)" if len(bad) > listed else ""
+    raise InputError(f"input {cells}{more}: every row needs a string in {columns} (rows counted from 0; "
+                     'send "" for an empty text).')
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def check_overrides(given: Mapping[str, Any], logged: Mapping[str, Any] | None) -> None:

@@ -17,7 +17,8 @@ to pass another copy (`model_config={"backbone": ...}`, `predict.py --backbone`,
 `predict` takes the task's input columns (or one `source` column with the formatted text) and returns one
 label string (rank scoring) or generated answer per row; an empty request (no rows, no columns) gives `[]`; a
 missing column - also when MLflow dropped every column as unknown - is an `MlflowException` (HTTP 400 from
-`mlflow models serve`) naming the missing and the expected ones.
+`mlflow models serve`) naming the missing and the expected ones; so is a null or non-string cell in an input
+column (`pipeline.serving.config.check_text`), naming its row and column.
 
 MLflow reaches this file only through `pipeline.tracking` (PythonModel, set_model, bad_input,
 logged_model_config); loading it finds `pipeline` and `adept` among the model's code_paths.

@@ -1,7 +1,8 @@
 """`mlflow models serve -m models:/<name>@champion --env-manager local` end to end (issue 13): the scoring server
 answers dataframe_split and dataframe_records with jobs/predict.py's predictions, a wrong column is HTTP 400
-naming the missing and the expected columns, an empty request is `{"predictions": []}`; the model version
-carries a signature with the task's columns and an input example. The server binds 127.0.0.1 only."""
+naming the missing and the expected columns, so is a null or non-string cell (naming its row and column), an
+empty request is `{"predictions": []}`; the model version carries a signature with the task's columns and an
+input example. The server binds 127.0.0.1 only."""
 
 from __future__ import annotations
 
@@ -115,6 +116,21 @@ def test_wrong_column_is_400_naming_missing_and_expected(server):
     assert "got ['text'] (['text'] dropped by MLflow: not in the model's signature)" in answer["message"]
     status, answer = invoke(server, "not json")  # MLflow's own 400s keep their shape
     assert status == 400 and answer["error_code"] == "BAD_REQUEST"
+
+
+@pytest.mark.faults
+def test_null_or_non_string_cell_is_400_naming_row_and_column(server):
+    """It used to answer {"predictions": ["positive"]} for a null review (issue 21)."""
+    records = {"dataframe_records": [{"sentence": TEXTS[0]}, {"sentence": None}]}
+    split = {"dataframe_split": {"columns": ["sentence"], "data": [[TEXTS[0]], [TEXTS[1]], [None]]}}
+    mixed = {"dataframe_records": [{"sentence": TEXTS[0]}, {"sentence": 5}]}
+    for body, cell in ((records, "row 1, column 'sentence': null"), (split, "row 2, column 'sentence': null"),
+                       (mixed, "row 1, column 'sentence': 5 (int, not a string)")):
+        status, answer = invoke(server, body)
+        assert status == 400 and answer["error_code"] == "INVALID_PARAMETER_VALUE", answer
+        assert f"input {cell}: every row needs a string in ['sentence']" in answer["message"], answer
+    status, answer = invoke(server, {"dataframe_records": [{"sentence": 5}]})  # MLflow's own type check
+    assert status == 400 and "sentence" in answer["message"], answer
 
 
 def test_empty_request_is_an_empty_answer(server):

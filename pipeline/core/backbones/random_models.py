@@ -54,6 +54,11 @@ RANDOM_ALIASES = {
 
 
 _TOKENIZER_VERSION = 1  # part of a random folder's spec: bump when the tokenizer below changes
+# How `build_random_model` turns (config, seed) into weights: part of a random backbone's serving fingerprint
+# (`pipeline.core.backbone_info.fingerprint`), so an adapter trained on weights drawn one way is refused on
+# weights drawn another way. Bump it whenever the draws change (RNG seeding, init order, the init function called).
+# /1: the torch default generator seeded with the seed, from_config without torch's init, then init_weights.
+INIT_SCHEME = "build_random_model/1"
 
 
 def _byte_to_unicode() -> dict[int, str]:
