@@ -16,8 +16,10 @@ Rows (the registry: `plan()`), per backbone, random init built where it runs, in
   (PEAK_BF16_TFLOPS, by device name), peak GPU memory of the row (`max_memory_allocated` from before the
   model is built), and the attention implementation actually used (config + the SDPA kernel the profiler saw).
 - infer: eval-forward latency of the bare backbone on m + L tokens, ADePT on the fly, ADePT folded.
-- packed: K = 1, 4, 8, 16 trials packed in one process -- PLACEHOLDER: packed trials do not exist yet; these
-  rows say "not built yet" and carry no numbers.
+- packed: K = 1, 4, 8, 16 ADePT members (alternating (m, r) at the same budget, each its own learning rates and
+  its own B x L micro batch) trained over one frozen backbone in one batch (`adept.packed.PackedAdeptModel`),
+  plain torch in this process (no DeepSpeed): tokens/s of the pack and per member, the pack's tokens/s against
+  K=1's, step time, MFU, peak memory (benchmarks/gpu_packed.py says what a step is).
 Backbones: `random:llama-1b` and `random:t5-base` (the pipeline's aliases, `pipeline.core.backbones`) and
 `shape:llama-7b` (a LLaMA-2-7B shape built by this check: random init on the GPU in bf16). `--quick` runs the
 1B and T5 rows at shorter lengths (the 7B rows are listed as skipped); `--tiny` uses tiny shapes (CPU dry run).
@@ -27,7 +29,8 @@ same kind of row once one ran) would not fit in what is left is skipped and says
 rewritten after every row (`complete` false until the end), so a killed run still returns what it measured.
 The targets the numbers are checked against are in TARGETS and in the JSON's `targets`.
 
-Imports: torch, transformers, deepspeed, yaml, numpy and this repo's `adept` and `pipeline.core.config`,
+Imports: torch, transformers, deepspeed, yaml, numpy, benchmarks/gpu_packed.py and this repo's `adept` and
+`pipeline.core.config`,
 `pipeline.core.backbones`, `pipeline.worker.engine` -- never Ray, MLflow or `datasets`, which the GPU machine's
 image lacks (tests/benchmarks/test_gpu_check.py runs this with those three made unimportable).
 """
@@ -49,8 +52,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "benchmarks"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+import gpu_packed  # noqa: E402 - after the path set-up (the packed rows; imports nothing at import time)
 
 SCHEMA = "adept-gpu-check/1"
 NEVER_IMPORTED = ("ray", "mlflow", "datasets")  # not on the GPU machine's image
@@ -111,7 +117,8 @@ class Profile:
     infer_reps: int
     mfu_backbone: str  # where the MFU target is checked
     skipped: dict = field(default_factory=dict)  # backbone -> why its rows are listed but not run
-    packed: dict = field(default_factory=dict)  # backbone -> (L, batch) of the packed rows (placeholders)
+    packed: dict = field(default_factory=dict)  # backbone -> (L, batch per member) of the packed rows
+    packs: tuple = (1, 4, 8, 16)  # K of the packed rows
 
 
 PROFILES = {
@@ -123,10 +130,12 @@ PROFILES = {
                      skipped={"shape:llama-7b": "--quick: the 7B shape runs in the full check only"},
                      packed={"shape:smollm2-135m": (256, 8), "random:llama-1b": (256, 8)}),
     "tiny": Profile({"random:llama-tiny": (16, 2), "shape:t5-tiny": (16, 2)}, steps=1, infer_reps=1,
-                    mfu_backbone="random:llama-tiny", packed={"random:llama-tiny": (16, 2)}),
+                    mfu_backbone="random:llama-tiny", packed={"random:llama-tiny": (16, 2)},
+                    packs=gpu_packed.PACK_SIZES["tiny"]),
 }
 # Guessed seconds per row on one H200 (model build + DeepSpeed init + 2 warm-up + timed steps), until a run
-# measures them; once a row of the same kind and backbone ran, its measured time replaces the guess.
+# measures them; once a row of the same kind and backbone ran, its measured time replaces the guess. Packed rows:
+# gpu_packed.EST_S (a + b x K).
 EST_S = {"random:llama-1b": {"train": 15, "zero3": 25, "infer": 10},
          "shape:llama-7b": {"train": 40, "zero3": 70, "infer": 30},
          "random:t5-base": {"train": 10, "zero3": 15, "infer": 8}}
@@ -143,17 +152,19 @@ class Row:
     method: str | None = None
     zero: int | None = None
     steps: int = 0
-    packs: int | None = None  # packed rows: K trials in one pack
-    status: str = "planned"  # planned -> ok | skipped | error | not built yet
+    packs: int | None = None  # packed rows: K members in one pack
+    status: str = "planned"  # planned -> ok | skipped | error
     reason: str | None = None
 
     @property
     def kind(self) -> str:
+        if self.item == "packed":
+            return f"packed/K{self.packs}"
         return "zero3" if self.zero == 3 else self.item
 
 
 def plan(profile: Profile, steps: int | None = None) -> list[Row]:
-    """The row registry of a profile, in run order (each backbone's rows together; placeholders last)."""
+    """The row registry of a profile, in run order (each backbone's rows together; the packed rows last)."""
     rows = []
     for backbone, (length, batch) in {**profile.backbones, **{b: (0, 0) for b in profile.skipped}}.items():
         n = steps or profile.steps
@@ -166,11 +177,9 @@ def plan(profile: Profile, steps: int | None = None) -> list[Row]:
             for row in rows[-5:]:
                 row.status, row.reason = "skipped", profile.skipped[backbone]
     for backbone, (length, batch) in profile.packed.items():
-        for k in (1, 4, 8, 16):
-            rows.append(Row(f"packed/{backbone}/K{k}", "packed", backbone, length, batch, "adept", 2, 0, packs=k,
-                            status="not built yet",
-                            reason="packed trials do not exist yet: this row runs once they do (tokens/s of the "
-                                   "pack and per member, memory)"))
+        for k in profile.packs:
+            rows.append(Row(f"packed/{backbone}/K{k}", "packed", backbone, length, batch, "adept", None,
+                            steps or profile.steps, packs=k))
     return rows
 
 
@@ -364,10 +373,10 @@ def method_config(cfg, kind: str, d: int):
                        prompt_init=cfg.prompt_init, base_model_name_or_path=cfg.backbone, seed=cfg.seed), r
 
 
-def make_batch(kind: str, vocab: int, length: int, batch: int, device, labels: bool = True) -> dict:
+def make_batch(kind: str, vocab: int, length: int, batch: int, device, labels: bool = True, seed: int = 0) -> dict:
     import torch
 
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     ids = torch.randint(4, vocab, (batch, length), generator=g)
     out = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     if labels and kind == "causal":  # the last 8 tokens are the target, as a short answer
@@ -481,13 +490,18 @@ def infer_rows(row: Row, ctx: Context) -> list[dict]:
 
 
 def guess_s(row: Row) -> float:
+    if row.item == "packed":
+        return gpu_packed.guess_s(row)
     return float(EST_S.get(row.backbone, EST_DEFAULT).get(row.kind, 10))
 
 
 def estimate_s(row: Row, ctx: Context) -> float:
     """The measured time of the last row of the same kind and backbone; else the guess, scaled by how the rows
-    run so far compared with their guesses (median ratio, within 0.25-4x)."""
+    run so far compared with their guesses (median ratio, within 0.25-4x). A packed row: the last measured pack
+    of its backbone, scaled to its K (`gpu_packed.scaled_estimate`)."""
     measured = ctx.measured.get((row.backbone, row.kind))
+    if measured is None and row.item == "packed":
+        measured = gpu_packed.scaled_estimate(row, ctx.measured)
     if measured is not None:
         return measured
     pace = min(4.0, max(0.25, statistics.median(ctx.pace))) if ctx.pace else 1.0
@@ -516,6 +530,8 @@ def run_rows(rows: list[Row], ctx: Context, on_row) -> list[dict]:
         try:
             if row.item == "train":
                 results.append({**base, **train_row(row, ctx), "status": "ok"})
+            elif row.item == "packed":
+                results.append({**base, **gpu_packed.packed_row(row, ctx, sys.modules[__name__]), "status": "ok"})
             else:
                 results += [{**base, "id": f"{row.id}/{r['variant']}", **r, "status": "ok"}
                             for r in infer_rows(row, ctx)]
@@ -533,6 +549,7 @@ def run_rows(rows: list[Row], ctx: Context, on_row) -> list[dict]:
         ctx.pace.append(seconds / guess_s(row))
         for r in results[first:]:
             r["row_s"] = round(seconds, 1)
+        gpu_packed.add_scaling(results)
         on_row(results)
     return results
 
@@ -601,10 +618,7 @@ def table(report: dict) -> str:
                      + (f"{r['latency_ms']} [{r['latency_ms_min']}-{r['latency_ms_max']}] | "
                         f"{r['ratio_vs_bare']:.3f} | {r['attention']} | ok |" if r["status"] == "ok" else
                         f"- | - | - | {r['status']}: {r.get('reason', '')} |"))
-    packed = [r for r in rows if r["item"] == "packed"]
-    if packed:
-        lines += ["", "| backbone | packed K | status |", "|---|---|---|"]
-        lines += [f"| {r['backbone']} | {r['packs']} | {r['status']}: {r.get('reason', '')} |" for r in packed]
+    lines += gpu_packed.table_lines(rows, _fmt)
     lines += ["", "| target | where | bound | value | met |", "|---|---|---|---|---|"]
     for t in report["targets"]:
         met = {True: "yes", False: "**no**", None: "-"}[t["met"]]
@@ -686,14 +700,16 @@ def main(argv=None) -> int:
     profile = PROFILES[name]
     if args.backbones:
         keep = args.backbones.split(",")
-        unknown = [b for b in keep if b not in profile.backbones and b not in profile.skipped]
+        known = [*profile.backbones, *profile.skipped, *profile.packed]
+        unknown = [b for b in keep if b not in known]
         if unknown:
             print(f"error: --backbones {','.join(unknown)}: not in the {name} profile "
-                  f"({', '.join(profile.backbones)})", file=sys.stderr)
+                  f"({', '.join(dict.fromkeys(known))})", file=sys.stderr)
             return 2
         profile = Profile({b: v for b, v in profile.backbones.items() if b in keep}, profile.steps,
                           profile.infer_reps, profile.mfu_backbone,
-                          {b: v for b, v in profile.skipped.items() if b in keep}, profile.packed)
+                          {b: v for b, v in profile.skipped.items() if b in keep},
+                          {b: v for b, v in profile.packed.items() if b in keep}, profile.packs)
     budget = args.budget_s if args.budget_s is not None else {"full": 420.0, "quick": 140.0, "tiny": 900.0}[name]
     device = torch.device("cuda" if gpu else "cpu")
     device_name = torch.cuda.get_device_name(0) if gpu else f"cpu ({platform.processor() or platform.machine()})"

@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import gpu_check
+import gpu_packed
 import pytest
 
 pytestmark = pytest.mark.gpu_ready
@@ -80,9 +81,21 @@ def test_dry_run_of_every_row_type_without_ray_mlflow_datasets(tmp_path):
     assert {(r["backbone"], r["variant"]) for r in infer} == {
         (b, v) for b in ("random:llama-tiny", "shape:t5-tiny") for v in ("bare+m", "adept", "adept_folded")}
     assert all(r["status"] == "ok" and r["latency_ms"] > 0 for r in infer)
-    packed = [r for r in rows if r["item"] == "packed"]
-    assert sorted(r["packs"] for r in packed) == [1, 4, 8, 16]
-    assert all(r["status"] == "not built yet" and "step_ms" not in r and "tokens_per_s" not in r for r in packed)
+    packed = [r for r in rows if r["item"] == "packed"]  # --tiny: K = 1, 2 on the tiny Llama, 2 x 16 per member
+    assert [(r["backbone"], r["packs"]) for r in packed] == [("random:llama-tiny", 1), ("random:llama-tiny", 2)]
+    for r in packed:
+        assert r["status"] == "ok" and r["engine"] == "torch" and "zero" not in r, r
+        assert r["step_ms"] > 0 and r["tokens_per_s"] > 0 and r["flops_per_step"] > 0 and r["finite"]
+        assert r["tokens_per_s"] == pytest.approx(r["packs"] * r["batch"] * r["length"] / r["step_ms"] * 1000, rel=1e-2)
+        assert r["tokens_per_s_per_member"] == pytest.approx(r["tokens_per_s"] / r["packs"], abs=0.1)
+        assert r["pack_rows"] == r["packs"] * r["batch"] and r["label_tokens_per_member"] == r["batch"] * 8
+        assert [(p["m"], p["r"]) for p in r["members"]] == [(60, 19), (40, 29)][:r["packs"]]  # d=64, 100-token budget
+        assert r["trainable"] <= r["packs"] * 100 * r["d"] and "peak_mib" in r and r["attention"]
+    one, two = packed
+    assert one["tokens_per_s_vs_k1"] == 1.0 and two["tokens_per_s_vs_k1"] == round(
+        two["tokens_per_s"] / one["tokens_per_s"], 3)
+    assert two["members"][0]["prompt_lr"] != two["members"][1]["prompt_lr"] and two["pad_fraction"] > 0
+    assert "| random:llama-tiny | 2 | (60, 19) x 1, (40, 29) x 1 | 2 x 16 |" in log
     assert {t["target"] for t in report["targets"]} == set(gpu_check.TARGETS)
     assert gpu_check.table(report) in proc.stdout  # the table printed is the one --table rebuilds from the JSON
 
@@ -140,10 +153,11 @@ def test_every_profile_plans_every_row_type():
             assert mine == {("train", 2, "adept"), ("train", 2, "dept"), ("train", 2, "prompt"), ("train", 3, "adept"),
                             ("infer", None, "adept")}, (name, backbone)
         packed = [r for r in rows if r.item == "packed"]
-        assert packed and all(r.status == "not built yet" for r in packed)
-        assert {r.packs for r in packed} == {1, 4, 8, 16}
+        assert packed and all(r.status == "planned" and r.steps == profile.steps and r.zero is None for r in packed)
+        assert [r.packs for r in packed] == [k for _ in profile.packed for k in profile.packs]
+        assert profile.packs == ((1, 2) if name == "tiny" else (1, 4, 8, 16))
     full = {r.backbone for r in gpu_check.plan(gpu_check.PROFILES["full"]) if r.status == "planned"}
-    assert full == {"random:llama-1b", "shape:llama-7b", "random:t5-base"}
+    assert full == {"random:llama-1b", "shape:llama-7b", "random:t5-base", "shape:smollm2-135m"}
     quick = gpu_check.plan(gpu_check.PROFILES["quick"])
     assert {r.status for r in quick if r.backbone == "shape:llama-7b" and r.item != "packed"} == {"skipped"}
     assert set(gpu_check.PROFILES["full"].packed) == {"shape:smollm2-135m", "random:llama-1b"}
@@ -156,16 +170,39 @@ def test_rows_that_would_not_fit_are_skipped_not_started():
     results = gpu_check.run_rows(rows, ctx, lambda r: seen.append(len(r)))
     assert len(results) == len(rows) == len(seen)
     for row in results:
-        if row["item"] == "packed":
-            assert row["status"] == "not built yet"
-        else:
-            assert row["status"] == "skipped" and row["reason"].startswith("time: needs ~")
+        assert row["status"] == "skipped" and row["reason"].startswith("time: needs ~")
     ctx.measured[("random:llama-tiny", "train")] = 123.0  # a measured row replaces the guess
     assert gpu_check.estimate_s(rows[0], ctx) == 123.0
     t5 = next(r for r in rows if r.backbone == "shape:t5-tiny" and r.item == "train")
     assert gpu_check.estimate_s(t5, ctx) == gpu_check.guess_s(t5)
     ctx.pace += [0.5, 0.4, 0.01]  # rows so far ran at ~half their guesses: the unmeasured guesses follow
     assert gpu_check.estimate_s(t5, ctx) == gpu_check.guess_s(t5) * 0.4
+
+
+def test_packed_rows_estimate_from_the_last_measured_pack():
+    rows = [r for r in gpu_check.plan(gpu_check.PROFILES["full"]) if r.backbone == "random:llama-1b"]
+    k1, k4, k16 = (next(r for r in rows if r.packs == k) for k in (1, 4, 16))
+    a, b = gpu_packed.EST_S["random:llama-1b"]
+    assert gpu_check.guess_s(k16) == a + 16 * b and k16.kind == "packed/K16"
+    ctx = gpu_check.Context("cpu", gpu=False, peak_tflops=None, deadline=0.0)
+    assert gpu_check.estimate_s(k4, ctx) == gpu_check.guess_s(k4)  # nothing measured, no pace yet
+    ctx.measured[("random:llama-1b", "train")] = 5.0  # another kind: not a pack's measure
+    ctx.measured[("shape:smollm2-135m", "packed/K4")] = 1.0  # another backbone
+    ctx.measured[("random:llama-1b", "packed/K1")] = 20.0
+    assert gpu_check.estimate_s(k16, ctx) == pytest.approx(20.0 * (a + 16 * b) / (a + b))
+    ctx.measured[("random:llama-1b", "packed/K4")] = 30.0  # the largest measured pack wins
+    assert gpu_check.estimate_s(k16, ctx) == pytest.approx(30.0 * (a + 16 * b) / (a + 4 * b))
+    assert gpu_check.estimate_s(k1, ctx) == 20.0
+
+
+def test_packed_members_share_the_budget_and_vary_their_rates():
+    members = gpu_packed.member_plan(16, 576)  # smollm2-135m's d
+    assert {(p["m"], p["r"]) for p in members[0::2]} == {(60, 19)} and {(p["m"], p["r"]) for p in members[1::2]} == {
+        (40, 29)}
+    for p in members[:2]:  # both shapes within ADePT's 100-token budget: m*d + 2dr + r + d <= 100*d
+        assert p["m"] * 576 + 2 * 576 * p["r"] + p["r"] + 576 <= 100 * 576
+    assert len({(p["prompt_lr"], p["offset_lr"]) for p in members}) == 6
+    assert gpu_packed.shapes(members[:3]) == "(60, 19) x 2, (40, 29) x 1"
 
 
 def _report(rows):
@@ -189,14 +226,24 @@ def test_targets_and_tables_from_rows():
                 "latency_ms": ms, "latency_ms_min": ms, "latency_ms_max": ms, "ratio_vs_bare": ms / 100,
                 "batch": 8, "length": 1024, "attention": "sdpa/flash"}
 
+    def packed(k, step_ms, peak):
+        members = [{"m": 60, "r": 19}, {"m": 40, "r": 29}] * (k // 2) or [{"m": 60, "r": 19}]
+        return {"id": f"packed/random:llama-1b/K{k}", "item": "packed", "backbone": "random:llama-1b", "packs": k,
+                "status": "ok", "batch": 8, "length": 256, "engine": "torch", "members": members,
+                "member_shapes": gpu_packed.shapes(members), "step_ms": step_ms, "step_ms_min": step_ms,
+                "step_ms_max": step_ms, "tokens_per_s": k * 2048 / step_ms * 1000,
+                "tokens_per_s_per_member": 2048 / step_ms * 1000, "model_tflops": 100.0, "mfu": 0.1, "peak_mib": peak}
+
     rows = [train("adept", 2, 500.0, 60000.0, mfu=0.47), train("dept", 2, 520.0, 60000.0),
             train("prompt", 2, 600.0, 62000.0), train("adept", 3, 700.0, 61000.0),
             infer("bare+m", 100.0), infer("adept", 110.0), infer("adept_folded", 101.0),
             {"id": "train/random:t5-base/2/adept", "item": "train", "backbone": "random:t5-base", "method": "adept",
              "zero": 2, "status": "skipped", "reason": "time: needs ~10 s, 3 s of the budget left", "batch": 16,
              "length": 512},
-            {"id": "packed/random:llama-1b/K4", "item": "packed", "backbone": "random:llama-1b", "packs": 4,
-             "status": "not built yet", "reason": "packed trials do not exist yet"}]
+            packed(1, 100.0, 2000.0), packed(4, 160.0, 5000.0),
+            {"id": "packed/random:llama-1b/K16", "item": "packed", "backbone": "random:llama-1b", "packs": 16,
+             "batch": 8, "length": 256, "status": "skipped", "reason": "time: needs ~16 s, 3 s of the budget left"}]
+    gpu_packed.add_scaling(rows)
     report = _report(rows)
     targets = {(t["target"], t["where"]): t for t in report["targets"]}
     assert targets[("adept_mfu", seven)]["met"] is True and targets[("adept_mfu", seven)]["value"] == 0.47
@@ -207,7 +254,11 @@ def test_targets_and_tables_from_rows():
     assert targets[("adept_vs_pt_step", "random:t5-base")]["met"] is None  # its rows did not run
     text = gpu_check.table(report)
     assert "| shape:llama-7b | 2 | adept | 8 | 409,600 | 8 x 1024 | 500.0 [500.0-500.0] | 16,384 | 400.0 | 47.0% |" in text
-    assert "skipped: time: needs ~10 s" in text and "| random:llama-1b | 4 | not built yet" in text
+    assert "skipped: time: needs ~10 s" in text
+    assert rows[-2]["tokens_per_s_vs_k1"] == 2.5 and rows[-2]["peak_vs_k1"] == 2.5 and "tokens_per_s_vs_k1" not in rows[-1]
+    assert ("| random:llama-1b | 4 | (60, 19) x 2, (40, 29) x 2 | 8 x 256 | 160.0 [160.0-160.0] | 51,200 | 12,800 | "
+            "2.50x | 100.0 | 10.0% | 5000.0 (2.50x) | torch | ok |") in text
+    assert "| random:llama-1b | 16 | - | 8 x 256 | - | - | - | - | - | - | - | torch | skipped: time: needs ~16 s" in text
     assert "| **no** |" in text
 
 
