@@ -48,7 +48,8 @@ def folded_embedding_table(model: PromptedModel) -> torch.Tensor:
     table = model.base_model.get_input_embeddings().weight
     with gathered([table, *model.ffn.parameters()], modifier_rank=None):
         weights = {name: p.detach().float().clone() for name, p in model.ffn.named_parameters()}
-        ffn = TokenOffsetFFN(*weights["w1"].shape, dropout=0.0)  # fp32 copy, dropout off (eval semantics)
+        # an fp32 copy beside the table (a GPU backbone's table is on the GPU), dropout off (eval semantics)
+        ffn = TokenOffsetFFN(*weights["w1"].shape, dropout=0.0).to(table.device)
         ffn.load_state_dict(weights)
         rows = [chunk.float() + ffn(chunk.float()) for chunk in table.split(_ROWS_PER_CHUNK)]
         return torch.cat(rows).to(table.dtype)

@@ -634,6 +634,7 @@ def parse_args(argv=None):
     size.add_argument("--tiny", action="store_true", help="tiny shapes: the CPU dry run of every row type")
     p.add_argument("--backbones", help="comma-separated subset of the profile's backbones")
     p.add_argument("--steps", type=int, help="timed steps per training row / reps per inference row")
+    p.add_argument("--items", help="comma-separated subset of the row kinds: train, infer, packed (a rerun of some)")
     p.add_argument("--budget-s", type=float, default=None,
                    help="seconds for all rows (default: 420 full, 140 quick, 900 tiny); rows that would not fit "
                         "are skipped and say so")
@@ -717,6 +718,8 @@ def main(argv=None) -> int:
     _init_distributed(gpu)
     ctx = Context(device, gpu, peak, deadline=t_start + budget)
     rows = plan(profile, args.steps)
+    if args.items:
+        rows = [row for row in rows if row.item in args.items.split(",")]
     report = {"schema": SCHEMA, "profile": name, "device": device_name, "gpu": gpu,
               "gpu_memory_mib": _mib(torch.cuda.get_device_properties(0).total_memory) if gpu else None,
               "peak_bf16_tflops": peak, "peak_source": "--peak-tflops" if args.peak_tflops else
