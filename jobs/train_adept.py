@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics = {k: round(v, 4) for k, v in result.metrics.items() if k.startswith(("val_", "test_"))}
     print(f"[adept] finished: {metrics}")
     print(f"[adept] best adapter: {best}")
+    print_quarantine(cfg, int(result.metrics.get("quarantined") or 0))
     print(f"[adept] MLflow: {run.tracking_uri} (experiment {cfg.experiment!r}, run {display_name(run)!r}); "
           f"UI: mlflow ui --backend-store-uri {run.tracking_uri}")
     return 0
@@ -100,7 +101,20 @@ def report_failure(run, err: BaseException) -> int:
     print(f"error: the fit failed: {failure_cause(err, cfg)}", file=sys.stderr)
     print(f"[adept] checkpoints stay in {Path(cfg.storage_path) / cfg.run_name}; re-run with --name {cfg.run_name} "
           "to continue from the last good one.", file=sys.stderr, flush=True)
+    print_quarantine(cfg)
     return 1
+
+
+def print_quarantine(cfg, reported: int = 0) -> None:
+    """Refused checkpoints are moved, never deleted (pipeline/worker/checkpoint.py): say how many and where (the
+    final report's count; the folder itself when the fit failed before reporting)."""
+    from pipeline.worker.checkpoint import QUARANTINE, quarantined
+
+    folder = Path(cfg.storage_path) / cfg.run_name
+    found = quarantined(folder)
+    if reported or found:
+        print(f"[adept] quarantined {reported or len(found)} refused checkpoint(s) in {folder / QUARANTINE}: "
+              f"{', '.join(p.name for p in found)}", flush=True)
 
 
 if __name__ == "__main__":

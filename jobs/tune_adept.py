@@ -8,7 +8,8 @@
 
 A config YAML holds TrainConfig keys (pipeline/core/config.py) and a `sweep:` section (pipeline/driver/tune/config.py
 SweepConfig: name, space, num_samples, scheduler, search, ...). Without a `sweep:` section the paper's
-learning-rate grid (configs/paper_grid.yaml) is searched. Re-running the same sweep name resumes it. The job
+learning-rate grid (configs/paper_grid.yaml) is searched. Re-running the same sweep name resumes it, from Tune
+state checked first (Tune unpickles it: pipeline/driver/tune/trust.py; after a killed driver, --trust-storage). The job
 prints progress while it runs and ends with the best trials (a per-method table when the space holds
 `method`), the adapter paths, the MLflow location and the command that registers the best adapter.
 """
@@ -45,6 +46,9 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--no-zero-shot", dest="zero_shot", action="store_false")
     parser.add_argument("--mlflow-uri", help="tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)")
     parser.add_argument("--storage-path", help="where Tune and Train keep state and checkpoints (shared on clusters)")
+    parser.add_argument("--trust-storage", action="store_true",
+                        help="resume a sweep whose driver was killed (no manifest of Tune's state, which a resume "
+                             "unpickles): only if no one else can write the storage path")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config YAML and exit")
     return parser.parse_args(argv)
 
@@ -69,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(yaml.safe_dump({**cfg.to_dict(), "sweep": sweep.to_dict()}, sort_keys=False))
             return 0
-        prep = prepare_sweep(cfg, sweep)  # every check before Ray starts
+        prep = prepare_sweep(cfg, sweep, trust_storage=args.trust_storage)  # every check before Ray starts
     except cli.UserError as err:
         return cli.fail(err)
     run = prep.base

@@ -141,8 +141,9 @@ class TrainConfig:
             raise UserError(f"num_virtual_tokens={self.num_virtual_tokens} is too small for method {self.method!r}.")
         if self.eval_steps > self.max_steps:
             raise UserError(f"eval_steps={self.eval_steps} > max_steps={self.max_steps}: the run would never evaluate.")
-        if self.name is not None and not re.fullmatch(r"[A-Za-z0-9._-]+", self.name):
-            raise UserError(f"name={self.name!r}: use letters, digits, '.', '_' and '-' only.")
+        if self.name is not None:
+            check_name("name", self.name)
+        check_name("experiment", self.experiment)
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -219,6 +220,29 @@ def parse_override(item: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise UserError(f"--set {item!r}: not of the form key=value.")
     return key.strip(), load_yaml(value, f"--set {key.strip()}")
+
+
+NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+
+
+def check_name(field: str, value: Any) -> str:
+    """The one check of every name that becomes a folder or a registry entry: a fit's `name`, a sweep's `name`,
+    `experiment`, a registered model's name. Letters, digits, '.', '_', '-', and no leading dot: '..' would put
+    the run into storage_path's parent, '.' into storage_path itself, '.x' hides it; '/' nests it elsewhere."""
+    if not isinstance(value, str) or not NAME.fullmatch(value):
+        raise UserError(f"{field}: {value!r} is not a usable name; use letters, digits, '.', '_' and '-', not "
+                        "starting with '.' (so neither '.' nor '..'), e.g. 'run-1'.")
+    return value
+
+
+def inside(root: str | Path, path: str | Path, field: str) -> Path:
+    """`path` resolved, refused unless it lies strictly below `root` (a run folder under storage_path, a sweep's
+    trials, an artifact root): a path built from user input must never leave its root, symlinks followed."""
+    root_resolved, resolved = Path(root).resolve(), Path(path).resolve()
+    if resolved == root_resolved or not resolved.is_relative_to(root_resolved):
+        raise UserError(f"{field}: {str(path)!r} resolves to {str(resolved)!r}, outside {str(root_resolved)!r}; "
+                        "pick a plain name (and no symlink leading out of the storage folder).")
+    return resolved
 
 
 def _one_of(name: str, value: Any, allowed: tuple) -> None:

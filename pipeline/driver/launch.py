@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pipeline.core.backbone_info import inspect_backbone
 from pipeline.core.backbones import ALIASES, resolve_backbone
-from pipeline.core.config import TrainConfig, driver_env, is_custom_task
+from pipeline.core.config import TrainConfig, driver_env, inside, is_custom_task
 from pipeline.core.errors import UserError
 from pipeline.core.logs import train_log_level
 from pipeline.core.ray_compat import is_worker_group_start_timeout
@@ -57,6 +57,8 @@ def prepare(cfg: TrainConfig, check_mlflow: bool = True) -> ResolvedRun:
     check_sizes(cfg, info)
 
     storage = Path(cfg.storage_path)
+    inside(storage, storage / cfg.run_name, "name")  # the run folder, and Ray's files in it, stay in storage_path
+    inside(storage, storage / "mlflow-artifacts", "storage_path")
     try:
         storage.mkdir(parents=True, exist_ok=True)
         probe = storage / ".write-test"

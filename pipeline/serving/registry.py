@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.config import check_name
 from pipeline.core.errors import UserError
 
 CHAMPION = "champion"
@@ -184,7 +185,7 @@ def register(uri: str, candidate: Candidate, name: str | None = None, force: boo
     """Register `candidate` as a new version of `name` (default adept-<task>); move @champion if it wins."""
     from pipeline.tracking import ensure_registered_model, model_versions
 
-    name = name or candidate.model_name
+    name = check_name("registered model name", name or candidate.model_name)
     ensure_registered_model(uri, name, description=f"ADePT adapters for {candidate.task_name}; see adept-ray.")
     existing = model_versions(uri, name, tags={"source_run_id": candidate.run_id})
     if existing:

@@ -75,6 +75,11 @@ class RunLogger:
         if self.enabled:
             self._queue.put(("artifacts", self._stage(Path(local_dir)), artifact_path))
 
+    def tags(self, values: dict[str, str]) -> None:
+        """Run tags (setting one again with the same value is harmless: a resumed attempt may)."""
+        if self.enabled:
+            self._queue.put(("tags", {k: str(v)[:5000] for k, v in values.items()}, ", ".join(values)))
+
     def datasets(self, frames: dict[str, Any], name: str, source: str) -> None:
         """The task's splits as dataset inputs (MLflow's Dataset column), each with its digest and context."""
         if self.enabled:
@@ -176,6 +181,9 @@ class RunLogger:
             mlflow_client.log_artifacts(self.run_id, str(a), b)
         elif op == "datasets":
             log_dataset_inputs(mlflow_client, self.run_id, a, *b)
+        elif op == "tags":
+            for key, value in a.items():
+                mlflow_client.set_tag(self.run_id, key, value)
 
     # -------------------------------------------------------------------- helpers
     def _journal(self, entry: dict) -> None:

@@ -143,13 +143,15 @@ def rank_rng(state: dict[str, Any], tensors: dict[str, torch.Tensor], rank: int)
 
 
 def candidates(latest: Path) -> list[Path]:
-    """The latest checkpoint folder, then the run's earlier ones (`step_*` siblings), newest first."""
+    """The latest checkpoint folder, then the run's earlier ones (`step_*` siblings), newest first; the stubs of
+    quarantined ones left out."""
     siblings = sorted((p for p in latest.parent.glob("step_*") if p.is_dir() and p != latest), reverse=True)
-    return [latest, *siblings]
+    return [p for p in [latest, *siblings] if not is_stub(p)]
 
 
-def latest_good(latest: Path) -> Path:
-    """The newest checkpoint of the run that verifies; the refused ones are logged with their reason."""
+def latest_good(latest: Path, refused: list[Path] | None = None) -> Path:
+    """The newest checkpoint of the run that verifies; the refused ones are logged with their reason (and
+    appended to `refused`, for `quarantine` once every rank has read the good one)."""
     reasons = []
     for folder in candidates(latest):
         try:
@@ -157,12 +159,65 @@ def latest_good(latest: Path) -> Path:
         except CheckpointError as err:
             reasons.append(str(err))
             log.warning(f"[adept] {err}")
+            if refused is not None:
+                refused.append(folder)
             continue
         if folder != latest:
             log.warning(f"[adept] resuming from the earlier checkpoint {str(folder)!r} instead")
         return folder
     raise CheckpointError("no checkpoint of this run verifies, so nothing is loaded and nothing is overwritten: "
                           + " | ".join(reasons) + " Fix: restore the files, or start a new run with another --name.")
+
+
+# ------------------------------------------------------------------------------------------ quarantine
+# A refused checkpoint is evidence (of tampering, or of a writer that died): it is moved out of Ray Train's reach
+# rather than left for its retention (`num_checkpoints_to_keep`) to delete. Ray Train V2 deletes by the paths it
+# recorded and refuses to start a run whose recorded checkpoint is gone (`_assert_checkpoints_exist`), and its
+# deletion raises on a missing path: so a stub folder holding only STUB stays at the old path for Ray to delete
+# later, and a checkpoint reported again at the same step gets a fresh folder name (`free_name`).
+QUARANTINE = "quarantine"
+STUB = "QUARANTINED.json"
+
+
+def is_stub(folder: Path) -> bool:
+    """The folder a quarantined checkpoint left behind: STUB and nothing else (never loaded, never refused)."""
+    return folder.is_dir() and [p.name for p in folder.iterdir()] == [STUB]
+
+
+def quarantine(folders: list[Path], reason: str = "refused on resume") -> list[Path]:
+    """Move each refused checkpoint folder (rank 0, after every rank read the good one) to
+    `<run>/quarantine/<name>-<UTC time>/`, files intact, and leave its stub; the new paths."""
+    import time
+
+    moved = []
+    for folder in folders:
+        if not folder.is_dir() or is_stub(folder):
+            continue
+        target = folder.parent / QUARANTINE / f"{folder.name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        while target.exists():
+            target = target.with_name(target.name + "+")
+        target.parent.mkdir(exist_ok=True)
+        os.rename(folder, target)  # same run folder, same filesystem: atomic, nothing copied or lost
+        folder.mkdir()
+        (folder / STUB).write_text(json.dumps({"moved_to": str(target), "reason": reason}, indent=1) + "\n")
+        log.warning(f"[adept] refused checkpoint {folder.name} quarantined in {str(target)!r}")
+        moved.append(target)
+    return moved
+
+
+def quarantined(run_folder: Path) -> list[Path]:
+    """Every checkpoint this run has quarantined so far (any attempt)."""
+    folder = run_folder / QUARANTINE
+    return sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+
+def free_name(run_folder: Path, name: str) -> str:
+    """`name`, or `name-2`, `-3`...: a step reported again after a fallback must not land in a stub's folder
+    (Ray would merge into it, and later delete it by the stub's record). Sorts after `name`, before the next step."""
+    n, free = 1, name
+    while (run_folder / free).exists():
+        n, free = n + 1, f"{name}-{n + 1}"
+    return free
 
 
 def _sha256(path: Path) -> str:

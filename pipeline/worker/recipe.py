@@ -99,6 +99,7 @@ class FitRecipe:
         use_assigned_cpus()
         self.device = ray.train.torch.get_device() if self.cfg.use_gpu else torch.device("cpu")
         self.state = TrainState()
+        self.run_folder = Path(self.cfg.storage_path) / self.cfg.run_name  # its checkpoints, journal, quarantine
         self.best_adapter: dict[str, torch.Tensor] | None = None
         self.last_train_metrics: dict[str, float] = {}
         # Where this attempt's time goes (logged at the end as perf/*_s): Ray Train's start-up until this worker
@@ -130,6 +131,8 @@ class FitRecipe:
         self.logger = RunLogger(self.run_spec.tracking_uri, self.loop_config.get("mlflow_run_id"), self.rank,
                                 folder=_journal_folder(cfg), budget_s=cfg.tracking_outage_s,
                                 attempt=len(self.state.resumed_at))
+        if ckpt.quarantined(self.run_folder):  # by this attempt or an earlier one: named on the run
+            self.logger.tags({"adept.quarantined": ", ".join(p.name for p in ckpt.quarantined(self.run_folder))})
         if not self.state.resumed_at:
             self.logger.dict(self.run_spec.to_json(), "config/resolved_config.json")
             self.logger.datasets(self.data.frames(), self.data.task.name, source=cfg.task)
@@ -138,8 +141,12 @@ class FitRecipe:
         self.seconds["setup"] = time.perf_counter() - started
 
     def _resume(self, latest: Path) -> None:
-        folder = ckpt.latest_good(latest)
+        refused: list[Path] = []
+        folder = ckpt.latest_good(latest, refused)
         saved, tensors = ckpt.read(folder)
+        gather_objects(None)  # every rank has read the good one: now the refused ones may move
+        if self.rank == 0:
+            ckpt.quarantine(refused)  # kept as evidence, out of reach of Ray Train's checkpoint retention
         self.state = TrainState.from_dict(saved)
         if self.state.finished:
             return
@@ -255,7 +262,8 @@ class FitRecipe:
         if self.rank == 0:
             log.info("[adept] time: " + " · ".join(f"{k} {v:.0f} s" for k, v in self.seconds.items()))
         unsent = self.logger.close()  # before the final report, so the driver learns what MLflow lacks
-        final.update(tracking_unsent=int(unsent is not None), tracking_message=unsent or "")
+        final.update(tracking_unsent=int(unsent is not None), tracking_message=unsent or "",
+                     quarantined=len(ckpt.quarantined(self.run_folder)))
         state.finished = True
         self._checkpoint_and_report(final, final=True)
 
@@ -307,12 +315,13 @@ class FitRecipe:
     def _checkpoint_and_report(self, metrics: dict, final: bool = False, log_best: bool = False) -> None:
         """Gather on every rank, write on rank 0, report everywhere (Ray persists rank 0's folder)."""
         started = time.perf_counter()
+        # before any collective, so that every rank names it alike: not a quarantined checkpoint's stub folder
+        name = ckpt.free_name(self.run_folder, f"step_{self.state.step:08d}" + ("_final" if final else ""))
         snapshot = self.engine.snapshot(self.state.step)  # collective under DeepSpeed
         current = {k.removeprefix("param/"): v for k, v in snapshot.tensors.items() if k.startswith("param/")}
         rng = gather_objects(ckpt.rng_state())
         report = {ray_key(k): v for k, v in {**self.last_train_metrics, **metrics}.items()}
         report["step"] = self.state.step
-        name = f"step_{self.state.step:08d}" + ("_final" if final else "")
         with tempfile.TemporaryDirectory(prefix="adept-ckpt-") as tmp:
             folder = Path(tmp)
             checkpoint = None

@@ -4,12 +4,11 @@ search space (`Dimension`) and how one trial's values become a `TrainConfig`."""
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.config import TrainConfig, check_known_keys, parse_override, read_config_file
+from pipeline.core.config import TrainConfig, check_known_keys, check_name, parse_override, read_config_file
 from pipeline.core.errors import UserError
 
 ALIASES = {"m": "num_virtual_tokens", "ffn_hidden_size": "r", "rank": "r"}
@@ -47,8 +46,8 @@ class SweepConfig:
     top_k: int = 5  # rows of the printed best-trials table
 
     def __post_init__(self) -> None:
-        if self.name is not None and not re.fullmatch(r"[A-Za-z0-9._-]+", str(self.name)):
-            raise UserError(f"sweep name={self.name!r}: use letters, digits, '.', '_' and '-' only.")
+        if self.name is not None:
+            check_name("sweep name", str(self.name))  # a number is a name; '..' or 'a/b' are not
         if not isinstance(self.space, dict):
             raise UserError(f"sweep space must be a mapping of config keys to values, got {self.space!r}.")
         for key, value in (("num_samples", self.num_samples), ("top_k", self.top_k)):

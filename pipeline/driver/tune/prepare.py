@@ -10,7 +10,7 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.config import TrainConfig
+from pipeline.core.config import TrainConfig, inside
 from pipeline.core.errors import UserError
 from pipeline.core.resolve import ResolvedRun
 from pipeline.driver.launch import check_sizes, prepare
@@ -23,6 +23,7 @@ from pipeline.driver.tune.config import (
     parse_space,
     trial_config,
 )
+from pipeline.driver.tune.trust import check_resume
 from pipeline.tracking import check_tracking_server
 
 
@@ -63,8 +64,10 @@ class PreparedSweep:
         return json.loads(json.dumps({"base": base, "sweep": sweep}, default=str))
 
 
-def prepare_sweep(cfg: TrainConfig, sweep: SweepConfig, check_mlflow: bool = True) -> PreparedSweep:
-    """Validate the base config, the space (every discrete value, range ends) and a resumed sweep's settings."""
+def prepare_sweep(cfg: TrainConfig, sweep: SweepConfig, check_mlflow: bool = True,
+                  trust_storage: bool = False) -> PreparedSweep:
+    """Validate the base config, the space (every discrete value, range ends) and a resumed sweep's settings and
+    files (`trust.check_resume`: Tune unpickles them; `trust_storage` skips their manifest, not their owners)."""
     dims = parse_space(sweep.space)
     if "r" in {d.key for d in dims} and cfg.budget is not None:
         raise UserError(f"budget={cfg.budget} derives r from m in every trial, so r cannot be in the space; "
@@ -93,7 +96,9 @@ def prepare_sweep(cfg: TrainConfig, sweep: SweepConfig, check_mlflow: bool = Tru
     if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
         name = re.sub(r"[^A-Za-z0-9._-]+", "-", name)
     storage = Path(base.storage_path) / name
+    inside(base.storage_path, storage, "sweep name")  # Tune's folder and the trials' runs stay in storage_path
     prepared = PreparedSweep(run, sweep, name, dims, metric, storage, storage / "trials", resume=False)
+    inside(storage, prepared.trials_storage / f"{name}-00000", "sweep name")  # a trial's run (`trials` no symlink out)
     state = storage / STATE_FILE
     if state.is_file():
         before, now = json.loads(state.read_text()), prepared.fingerprint()
@@ -101,6 +106,8 @@ def prepare_sweep(cfg: TrainConfig, sweep: SweepConfig, check_mlflow: bool = Tru
         if changed:
             raise UserError(f"sweep {name!r} already exists in {str(storage)!r} with other settings "
                             f"({'; '.join(changed[:6])}); re-run it unchanged to resume, or pick another name.")
+        prepared.resume = True
+    if check_resume(storage, name, trust_storage):  # Tune's state: checked even without our state file
         prepared.resume = True
     if check_mlflow:
         check_tracking_server(run.tracking_uri)

@@ -40,6 +40,7 @@ from pipeline.driver.tune.config import (
 )
 from pipeline.driver.tune.prepare import PreparedSweep
 from pipeline.driver.tune.report import SweepOutcome, TrialRow, summarise
+from pipeline.driver.tune.trust import forget_manifest, write_manifest
 from pipeline.tracking import (
     close_open_children,
     close_run,
@@ -172,6 +173,7 @@ def _run_tuner(prep: PreparedSweep, parent_run_id: str, log, callbacks: list):
     run_config = tune.RunConfig(name=prep.name, storage_path=str(Path(cfg.storage_path)), verbose=0,
                                 failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
                                 callbacks=callbacks)
+    forget_manifest(prep.storage)  # Tune now changes its files: a driver killed from here on leaves no manifest
     if tune.Tuner.can_restore(path):
         log(f"[adept] resuming sweep {prep.name!r} from {path}")
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
@@ -190,7 +192,13 @@ def _run_tuner(prep: PreparedSweep, parent_run_id: str, log, callbacks: list):
                                         trial_name_creator=_trial_name),
             run_config=run_config,
         )
-    return tuner.fit()
+    try:
+        return tuner.fit()
+    finally:
+        try:  # what a resume will unpickle, as Tune left it (pipeline/driver/tune/trust.py)
+            write_manifest(prep.storage)
+        except OSError as err:
+            log(f"[adept] could not record Tune's state ({err}); resuming will need --trust-storage")
 
 
 def scheduler_and_search(prep: PreparedSweep, concurrent: int):
