@@ -77,6 +77,15 @@ def load_options(args) -> dict:
     return options
 
 
+def check_registry(args) -> None:
+    """A `models:/` model's store and name, in seconds: before pandas, torch or MLflow are imported."""
+    if args.model.startswith("models:/"):
+        from pipeline.core.config import default_tracking_uri
+        from pipeline.tracking.preflight import check_registered_model
+
+        check_registered_model(args.model, args.mlflow_uri or default_tracking_uri())
+
+
 def load_model(args, options: dict):
     """A model with .predict(frame): from the registry / a pyfunc folder, or an adapter folder directly."""
     source = args.model
@@ -149,13 +158,18 @@ def main(argv: list[str] | None = None) -> int:
     cli.start(args)
 
     try:
-        from pipeline.tracking import request_errors
-
+        check_registry(args)
         frame = read_inputs(args.input)
         model = load_model(args, load_options(args))
         predictions = model.predict(frame)
-    except (cli.UserError, *request_errors()) as err:
+    except cli.UserError as err:  # first: MLflow's error types below take seconds to import
         return cli.fail(err)
+    except Exception as err:  # noqa: BLE001 - MLflow's refusal of a request is the user's; anything else a bug
+        from pipeline.tracking import request_errors
+
+        if isinstance(err, request_errors()):
+            return cli.fail(err)
+        raise
     frame = frame.copy()
     frame["prediction"] = list(predictions)
     if args.output is not None:

@@ -45,11 +45,13 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.core.config import check_name
         from pipeline.serving.registry import CHAMPION, best_of_sweep, candidate_from_run, register
         from pipeline.tracking import check_tracking_server, default_tracking_uri
+        from pipeline.tracking.preflight import probe_store
 
         for flag in ("name", "sweep", "experiment"):  # before the store is touched
             if getattr(args, flag) is not None:
                 check_name(f"--{flag}", getattr(args, flag))
         uri = args.mlflow_uri or default_tracking_uri()
+        probe_store(uri, write=True)  # a sqlite store's folder writable too: registering writes
         check_tracking_server(uri)
         candidate = best_of_sweep(uri, args.sweep, args.experiment) if args.sweep else candidate_from_run(uri, args.run_id)
         t = candidate.train

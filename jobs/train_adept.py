@@ -56,9 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cli.start(args)
     try:
+        from pipeline.driver.preflight import check_early
+
+        cfg = load_config(args)
+        check_early(cfg)  # seconds: the config, task files, storage and store, before torch, Ray or MLflow load
         from pipeline.driver.launch import prepare
 
-        run = prepare(load_config(args))  # every check before Ray starts
+        run = prepare(cfg)  # every check before Ray starts
     except cli.UserError as err:
         return cli.fail(err)
     cfg = run.config
@@ -71,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = run_fit(run)
+    except KeyboardInterrupt:  # Ctrl-C: Ray aborted the fit; its checkpoints stay for a re-run to resume from
+        return cli.interrupted(interrupted_at(cfg))
     except TrackingOutage as err:  # trained, but MLflow did not get everything: the message says how to fix it
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 1
@@ -91,6 +97,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[adept] MLflow: {run.tracking_uri} (experiment {cfg.experiment!r}, run {display_name(run)!r}); "
           f"UI: mlflow ui --backend-store-uri {run.tracking_uri}")
     return 0
+
+
+def interrupted_at(cfg) -> str:
+    """Where a Ctrl-C left the fit: the step of its newest checkpoint, which the same command resumes from."""
+    from pipeline.driver.launch import last_checkpoint_step
+
+    step = last_checkpoint_step(cfg)
+    if step is None:
+        return "interrupted before the first checkpoint; re-run the same command to start the fit again"
+    return f"interrupted at step {step}; re-run the same command to resume"
 
 
 def report_failure(run, err: BaseException) -> int:

@@ -65,14 +65,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cli.start(args)
     try:
-        from pipeline.driver.tune import format_report, prepare_sweep
-
         cfg, sweep = load_config(args)
         if args.print_config:
             import yaml
 
             print(yaml.safe_dump({**cfg.to_dict(), "sweep": sweep.to_dict()}, sort_keys=False))
             return 0
+        from pipeline.driver.preflight import check_early
+
+        check_early(cfg)  # seconds: task files, storage and store, before torch, Ray or MLflow load
+        from pipeline.driver.tune import format_report, prepare_sweep
+
         prep = prepare_sweep(cfg, sweep, trust_storage=args.trust_storage)  # every check before Ray starts
     except cli.UserError as err:
         return cli.fail(err)
@@ -80,12 +83,19 @@ def main(argv: list[str] | None = None) -> int:
     log.info(f"[adept] {'resuming ' if prep.resume else ''}sweep {prep.name!r}: {run.config.task} with "
           f"{run.config.backbone} ({run.kind}, d={run.hidden_size}); {prep.total_trials} trial(s); state in "
           f"{prep.storage}")
+    from pipeline.core.ray_compat import tune_interrupt_watch
     from pipeline.driver.tune.run import run_sweep  # Ray, Tune and torch: only once every check passed
 
+    resume = f"interrupted; re-run the same command to resume the sweep {prep.name!r}"
     try:
-        outcome = run_sweep(prep, log=log.info)
+        with tune_interrupt_watch() as stops:  # Tune ends a sweep gracefully on the first Ctrl-C and returns
+            outcome = run_sweep(prep, log=log.info)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune started
+        return cli.interrupted(resume)
     except cli.UserError as err:
         return cli.fail(err)
+    if any(stop.is_set() for stop in stops):
+        return cli.interrupted(resume)
     print(format_report(outcome), flush=True)
     return 0 if outcome.best is not None else 1
 

@@ -4,7 +4,8 @@ to end a job that failed (`@cli.job` on its main):
     a UserError (pipeline.core.errors)   `error: <field>: <what>; <fix>`, exit status 2, no traceback
     a TrackingOutage                    `error: <what happened; how to send the rest>`, exit status 1
     anything else: a bug                the traceback, then a line saying so, exit status 1
-    KeyboardInterrupt, SystemExit       as Python handles them
+    KeyboardInterrupt (Ctrl-C)          `interrupted[ at step N]; <how to resume>`, exit status 130 (128 + SIGINT)
+    SystemExit                          as Python handles it (argparse, --help)
 
 Only the standard library is imported here, so `--help` answers before torch or Ray load.
 """
@@ -24,6 +25,7 @@ from pipeline.driver.ray_setup import use_loopback
 
 USER_ERROR = 2
 BUG = 1
+INTERRUPTED = 130  # what a shell reports for a command that SIGINT stopped
 BUG_HINT = "adept: this is a bug, not a problem with your input; please report it with the traceback above"
 
 
@@ -51,6 +53,12 @@ def fail(err: UserError) -> int:
     return USER_ERROR
 
 
+def interrupted(what: str = "interrupted; re-run the same command to start again") -> int:
+    """The user pressed Ctrl-C: one line saying where the job stopped and how to go on; the exit status (130)."""
+    print(what, file=sys.stderr, flush=True)
+    return INTERRUPTED
+
+
 def report_bug(err: BaseException) -> int:
     """Not the user's mistake: the traceback, then one line saying it is a bug; the job's exit status (1)."""
     traceback.print_exception(err, file=sys.stderr)
@@ -61,7 +69,8 @@ def report_bug(err: BaseException) -> int:
 def job(main: Callable[..., int]) -> Callable[..., int]:
     """Decorate a job's `main(argv)`: a UserError anywhere in it ends the job with `fail` (exit 2), any other
     exception with `report_bug` (exit 1); a TrackingOutage (MLflow away too long) prints its `error:` line and
-    exits 1. KeyboardInterrupt and SystemExit (argparse, --help) pass through unchanged."""
+    exits 1. A KeyboardInterrupt the job did not turn into its own resume line ends with `interrupted()` (exit
+    130, no traceback); SystemExit (argparse, --help) passes through unchanged."""
 
     @functools.wraps(main)
     def run(*args, **kwargs) -> int:
@@ -69,6 +78,8 @@ def job(main: Callable[..., int]) -> Callable[..., int]:
             return main(*args, **kwargs)
         except UserError as err:
             return fail(err)
+        except KeyboardInterrupt:
+            return interrupted()
         except Exception as err:  # noqa: BLE001 - the one place a job's unexpected failure is reported
             if _tracking_outage(err):
                 print(f"error: {err}", file=sys.stderr, flush=True)

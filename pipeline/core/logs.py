@@ -91,20 +91,22 @@ def _quiet_libraries(level: str) -> None:
         for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning, ResourceWarning,
                          ImportWarning):
             warnings.filterwarnings("ignore", category=category)
+        # Variables, not calls: importing transformers and datasets here cost the job's first `error:` line
+        # seconds (minutes on a loaded machine); each library reads its variable when it is imported.
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("DATASETS_VERBOSITY", "error")  # datasets sets its logger's level on import
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # "Downloading artifacts: 50%|█..."
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bars
-        try:
-            from transformers.utils import logging as hf_logging
+        _quiet_loaded_libraries()
 
-            hf_logging.disable_progress_bar()
-        except ImportError:
-            pass
-        try:
-            import datasets
 
-            datasets.disable_progress_bars()
-            datasets.logging.set_verbosity_error()
-        except ImportError:
-            pass
+def _quiet_loaded_libraries() -> None:
+    """transformers and datasets, if already imported (a worker, a notebook): their variables were read then."""
+    hf_logging = getattr(sys.modules.get("transformers.utils.logging"), "disable_progress_bar", None)
+    if hf_logging is not None:
+        hf_logging()
+    datasets = sys.modules.get("datasets")
+    if datasets is not None and hasattr(datasets, "disable_progress_bars"):
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_error()

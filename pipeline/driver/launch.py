@@ -1,6 +1,7 @@
 """Driver side of a fit: check everything a user can get wrong, then launch Ray Train.
 
-`prepare(cfg)` runs before Ray starts a worker: it resolves the task, the backbone (downloading the
+`prepare(cfg)` runs before Ray starts a worker: the light checks (`preflight.check_early`, which the jobs run
+before importing this module), then it resolves the task, the backbone (downloading the
 offline alias once, reading its tokenizer and weight-file headers), derives r from the budget, and checks
 the sizes, the storage path and the MLflow store, and returns the run resolved once (`ResolvedRun`).
 `run_fit(run)` then opens the fit's MLflow run and fits the `TorchTrainer` (Ray Train V2) around
@@ -10,7 +11,10 @@ the sizes, the storage path and the MLflow store, and returns the run resolved o
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +24,14 @@ from pipeline.core.backbones import ALIASES, resolve_backbone
 from pipeline.core.config import TrainConfig, driver_env, inside, is_custom_task
 from pipeline.core.errors import UserError
 from pipeline.core.logs import train_log_level
-from pipeline.core.ray_compat import is_worker_group_start_timeout
+from pipeline.core.ray_compat import (
+    is_worker_group_start_timeout,
+    on_train_sigint,
+    quiet_controller_callback,
+    registered_checkpoints,
+)
 from pipeline.core.resolve import ResolvedRun, resolve_run, resolve_task
+from pipeline.driver.preflight import check_early
 from pipeline.driver.ray_setup import init_ray, torch_config
 from pipeline.tracking import (
     TrackingOutage,
@@ -36,6 +46,7 @@ from pipeline.worker.callbacks import resolve_callback_spec
 
 def prepare(cfg: TrainConfig, check_mlflow: bool = True) -> ResolvedRun:
     """Every check a user's config can fail, then the run resolved once (see pipeline.core.resolve)."""
+    check_early(cfg, check_mlflow)  # jobs ran it before importing this module; callers of prepare alone need it
     task = resolve_task(cfg)
     task = task.with_code_execution() if cfg.execute_code else task  # the sandbox is checked here, before Ray
     if cfg.eval_mode == "rank" and not task.label_strings:
@@ -139,7 +150,7 @@ def make_trainer(run: ResolvedRun, mlflow_run_id: str | None, callbacks: list | 
             storage_path=cfg.storage_path,
             failure_config=FailureConfig(max_failures=cfg.max_failures, controller_failure_limit=0),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.num_checkpoints_to_keep),
-            callbacks=callbacks or [],
+            callbacks=[*(callbacks or []), quiet_controller_callback()],  # Ray's harmless tracebacks: one line
             # Ray Train's controller announces each resource request and worker group at INFO: the job's own
             # lines say what matters; --log-level debug shows them again.
             logging_config=LoggingConfig(log_level=train_log_level()),
@@ -193,15 +204,26 @@ def run_fit(run: ResolvedRun, trial: TrialLink | None = None, callbacks: list | 
                        params=params, tags={**tags, **trial.tags}, artifact_root=Path(trial.artifact_root),
                        parent_run_id=trial.parent_run_id, budget_s=cfg.tracking_outage_s)
     error: BaseException | None = None
+    interrupted = threading.Event()
     try:
-        result = make_trainer(run, ref.run_id, callbacks=callbacks, worker_cpus=worker_cpus).fit()
+        trainer = make_trainer(run, ref.run_id, callbacks=callbacks, worker_cpus=worker_cpus)
+        if trial is None:  # a trial's fit runs in a Tune thread: Ray Train installs no SIGINT handler there
+            on_train_sigint(trainer, interrupted.set)
+        result = trainer.fit()
         error = result.error or tracking_error(result.metrics)
         return result
     except BaseException as err:
         error = err
+        if interrupted.is_set():  # Ray aborted the run on Ctrl-C and exits: a KILLED run, an interrupted job
+            error = KeyboardInterrupt("interrupted (Ctrl-C)")
+            raise error from err
         raise
     finally:
         if trial is None:
+            # Ray's handler stays installed after fit(); a second Ctrl-C would reach its dead controller and
+            # exit 0 in the middle of closing the MLflow run: Python's own KeyboardInterrupt again.
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, signal.default_int_handler)
             close_fit_run(run, ref.run_id, error)
 
 
@@ -228,6 +250,26 @@ def close_fit_run(run: ResolvedRun, run_id: str, error: BaseException | None) ->
         raise TrackingOutage(f"{before}{outage} The run's status could not be written: once the server is back, "
                              f"python -m pipeline.tracking close --run-id {run_id} --status {status} --mlflow-uri "
                              f"{run.tracking_uri}") from outage
+
+
+def last_checkpoint_step(cfg: TrainConfig) -> int | None:
+    """The step a re-run of the fit resumes from: of the newest checkpoint Ray Train registered (one written but
+    not yet reported when the fit stopped is not loaded) that is complete (its manifest, written last, holds the
+    step); None before the first."""
+    from pipeline.worker.checkpoint import MANIFEST
+
+    run_folder = Path(cfg.storage_path) / cfg.run_name
+    names = registered_checkpoints(run_folder)
+    folders = [run_folder / n for n in names] if names is not None else sorted(run_folder.glob("step_*"),
+                                                                                reverse=True)
+    for folder in folders:
+        try:
+            step = json.loads((folder / MANIFEST).read_text()).get("step")
+        except (OSError, ValueError):
+            continue  # partial (the writer was interrupted) or a quarantined stub: not what a resume loads
+        if isinstance(step, int):
+            return step
+    return None
 
 
 def failure_cause(err: BaseException, cfg: TrainConfig) -> str:

@@ -78,8 +78,13 @@ def _start_local(ray, cpus: int) -> None:
     ports = iter(_free_ports(4))
     chosen = {"dashboard_agent_listen_port": next(ports), "metrics_agent_port": next(ports),
               "runtime_env_agent_port": next(ports)}
+    dashboard = next(ports)
+    # Ray's state API, polled by Ray Train's placement-group cleaner, would scan the host for clusters and fail
+    # loudly when it finds two (another job, a test): it asks this one's dashboard instead.
+    ray_compat.pin_state_api(f"http://127.0.0.1:{dashboard}")
     with agent_ports(**chosen):  # ray.init has no argument for the agents' ports
-        ray.init(dashboard_port=next(ports), **kwargs)
+        # "local": a new cluster, even where a `ray start` on this host left its address for ray.init to join
+        ray.init(address="local", dashboard_port=dashboard, **kwargs)
 
 
 def _free_ports(n: int) -> list[int]:

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from pipeline.core.config import default_tracking_uri  # noqa: F401 - re-exported: tracking's default store
-from pipeline.core.errors import Unreachable, UserError
+from pipeline.core.errors import Unreachable
+from pipeline.tracking.preflight import probe_store
 
 log = logging.getLogger("adept")
 T = TypeVar("T")
@@ -54,13 +55,7 @@ def fail_fast_http() -> Iterator[None]:
 
 def check_tracking_server(uri: str) -> None:
     """Fail fast, before Ray starts, when the tracking store cannot be reached or would be created oddly."""
-    if uri.startswith("sqlite:"):
-        if not uri.startswith("sqlite:///"):
-            raise UserError(f"mlflow_uri={uri!r}: use sqlite:///relative/path.db or sqlite:////absolute/path.db.")
-        path = Path(uri.removeprefix("sqlite:///"))
-        if not path.parent.is_dir():
-            raise UserError(f"mlflow_uri={uri!r}: the folder {str(path.parent)!r} does not exist; create it first "
-                            "or point the URI at an existing folder (nothing was created).")
+    probe_store(uri)  # the folder, a TCP connect: without MLflow's import (jobs run it first, see preflight)
     try:
         with fail_fast_http():
             client(uri).search_experiments(max_results=1)

@@ -1,8 +1,8 @@
 """A user's mistake and a bug end a job differently (issue 18, "user errors are a type").
 
 A `UserError` anywhere in a job is `error: <field>: <what>; <fix>` with exit status 2 and no traceback; any other
-exception is a bug: its traceback, then one line saying it is a bug, exit status 1. KeyboardInterrupt passes
-through as Python handles it."""
+exception is a bug: its traceback, then one line saying it is a bug, exit status 1. A Ctrl-C (KeyboardInterrupt)
+is one line saying how to go on, exit status 130, no traceback."""
 
 import importlib
 import subprocess
@@ -56,10 +56,12 @@ def test_a_user_error_is_one_line_and_exits_2(job, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("job", JOBS)
-def test_keyboard_interrupt_is_not_caught(job, monkeypatch, capsys):
-    with pytest.raises(KeyboardInterrupt):
-        run_job(job, monkeypatch, KeyboardInterrupt())
-    assert cli.BUG_HINT not in capsys.readouterr().err
+def test_ctrl_c_is_one_line_and_exits_130(job, monkeypatch, capsys):
+    rc = run_job(job, monkeypatch, KeyboardInterrupt())
+    err = capsys.readouterr().err
+    assert rc == cli.INTERRUPTED == 130, err
+    assert err.splitlines() == ["interrupted; re-run the same command to start again"], err
+    assert "Traceback" not in err and cli.BUG_HINT not in err
 
 
 def test_a_tracking_outage_is_an_error_line_not_a_bug(monkeypatch, capsys):

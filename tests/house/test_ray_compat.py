@@ -103,3 +103,108 @@ def test_cluster_yaml_validation_rejects_a_typo():
     ray_compat.validate_cluster_yaml(dict(config))
     with pytest.raises(Exception, match="max_workerz"):
         ray_compat.validate_cluster_yaml({**config, "max_workerz": 1})
+
+
+def test_the_state_api_asks_the_pinned_dashboard(monkeypatch):
+    """Ray Train's placement-group cleaner polls ray.util.state.get_actor; its address lookup takes
+    RAY_API_SERVER_ADDRESS before scanning the host (which fails with two local clusters)."""
+    from ray.dashboard.utils import get_address_for_submission_client
+    from ray.util.state.api import StateApiClient
+
+    assert "get_address_for_submission_client" in inspect.getsource(StateApiClient.__init__)
+    monkeypatch.setenv(ray_compat.STATE_API_ADDRESS_ENV, "unset")  # restored after the test
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    ray_compat.pin_state_api("http://127.0.0.1:8265")
+    assert get_address_for_submission_client(None) == "http://127.0.0.1:8265"
+
+
+def test_ray_trains_ctrl_c_handler_is_watched():
+    import signal
+
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    source = inspect.getsource(DataParallelTrainer._initialize_and_run_controller)
+    assert "self._register_sigint_handler(controller)" in source  # installed per fit(), on the instance's method
+    seen, called = [], []
+
+    class Trainer:
+        def _register_sigint_handler(self, controller):
+            signal.signal(signal.SIGINT, lambda signum, frame: seen.append(controller))
+
+    trainer = Trainer()
+    ray_compat.on_train_sigint(trainer, lambda: called.append(True))
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        trainer._register_sigint_handler("controller")
+        signal.raise_signal(signal.SIGINT)
+        assert called == [True] and seen == ["controller"]  # ours first, then Ray's graceful abort
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def test_tunes_ctrl_c_event_is_seen():
+    import importlib
+    import signal
+
+    module = importlib.import_module("ray.tune.tune")
+    assert "_setup_signal_catching()" in inspect.getsource(module.run)
+    original = module._setup_signal_catching
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGUSR1)}
+    try:
+        with ray_compat.tune_interrupt_watch() as events:
+            event = module._setup_signal_catching()
+            assert not event.is_set()
+            signal.raise_signal(signal.SIGINT)  # Tune's handler: set the event, give SIGINT back
+        assert events == [event] and event.is_set()
+        assert module._setup_signal_catching is original
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def test_the_resource_request_warning_keeps_its_line_without_the_traceback():
+    import importlib
+    import io
+    import logging
+
+    from ray import cloudpickle
+    from ray.train import RunConfig, UserCallback
+
+    source = inspect.getsource(importlib.import_module(ray_compat.RESOURCE_REQUEST_LOGGER))
+    assert "Failed to send resource request" in source and "exc_info=True" in source
+    logger = logging.getLogger(ray_compat.RESOURCE_REQUEST_LOGGER)
+    callback = ray_compat.quiet_controller_callback()
+    RunConfig(callbacks=[callback])  # Ray Train accepts it
+    saved = list(logger.filters)
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    logger.addHandler(handler)
+    try:
+        assert isinstance(cloudpickle.loads(cloudpickle.dumps(callback)), UserCallback)  # as the controller does
+        try:
+            raise TimeoutError("5 s")
+        except TimeoutError:
+            logger.warning("Failed to send resource request for train-1.", exc_info=True)
+        assert out.getvalue() == "Failed to send resource request for train-1.\n"
+    finally:
+        logger.removeHandler(handler)
+        logger.filters[:] = saved
+
+
+def test_registered_checkpoints_read_ray_trains_snapshot(tmp_path):
+    from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
+    from ray.train.v2._internal.execution.checkpoint.checkpoint_manager import (
+        _CheckpointManagerState,
+        _TrainingResultState,
+    )
+
+    assert CHECKPOINT_MANAGER_SNAPSHOT_FILENAME == ray_compat.TRAIN_SNAPSHOT
+    results = [_TrainingResultState(checkpoint_dir_name=f"step_0000000{i}", metrics={"step": i}) for i in (5, 7, 9)]
+    state = _CheckpointManagerState(checkpoint_results=results, checkpoint_report_indices=[0, 1, 2],
+                                    latest_checkpoint_result=results[1], pending_training_results=[],
+                                    pending_validation_specs=[], current_report_index=3,
+                                    validated_checkpoint_dir_names=[], timed_out_validation_checkpoint_dir_names=[],
+                                    failed_validation_checkpoint_dir_names=[])
+    (tmp_path / ray_compat.TRAIN_SNAPSHOT).write_text(state.model_dump_json())  # as Ray Train writes it
+    assert ray_compat.registered_checkpoints(tmp_path) == ["step_00000007", "step_00000009", "step_00000005"]
+    assert ray_compat.registered_checkpoints(tmp_path / "absent") is None

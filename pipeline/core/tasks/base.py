@@ -39,9 +39,8 @@ import torch
 from pipeline.core import code_eval
 from pipeline.core import metrics as M
 from pipeline.core.errors import UserError
+from pipeline.core.task_spec import PROTOCOLS, TASK_TYPES  # defined with the light custom-task spec
 
-TASK_TYPES = ("classification", "regression", "generation")
-PROTOCOLS = ("official", "small", "large", "holdout")
 SPLITS = ("train", "validation", "test")
 FORMATTED_FEATURES = datasets.Features(
     {

@@ -22,27 +22,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import datasets
 
-from pipeline.core.config import check_known_keys, load_yaml
-from pipeline.core.errors import MissingFile, UserError
-from pipeline.core.tasks.base import PROTOCOLS, TASK_TYPES, SplitSpec, Task, join_fields
+from pipeline.core.errors import UserError
 
-BUILDERS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+# The spec and its file checks are light (no datasets): jobs run them before the heavy imports.
+from pipeline.core.task_spec import BUILDERS, CustomTaskSpec
+from pipeline.core.task_spec import has_rows as _has_rows
+from pipeline.core.tasks.base import SplitSpec, Task, join_fields
+
 DEFAULT_METRICS = {"classification": ("accuracy",), "regression": ("pearson", "spearman"), "generation": ("squad_em", "squad_f1")}
 LARGE_TRAIN = 10_000
-
-
-_FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    "name": (str,), "train": (str,), "input_columns": (list, dict), "label_column": (str,), "task_type": (str,),
-    "validation": (str, type(None)), "test": (str, type(None)), "verbalizer": (dict, type(None)),
-    "metrics": (list, type(None)), "round_to": (int, float, type(None)), "split_protocol": (str,), "seed": (int,),
-    "validation_size": (int,), "max_train": (int, type(None)), "max_new_tokens": (int,),
-}
 
 
 def _label_key(value: Any) -> str:
@@ -50,104 +43,6 @@ def _label_key(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return str(value).strip()
-
-
-@dataclass
-class CustomTaskSpec:
-    """A local-file task. See the module docstring for the YAML form."""
-
-    name: str
-    train: str
-    input_columns: list[str] | dict[str, str]
-    label_column: str
-    task_type: str = "classification"
-    validation: str | None = None
-    test: str | None = None
-    verbalizer: dict[Any, str] | None = None
-    metrics: list[str] | None = None
-    round_to: float | None = None
-    split_protocol: str = "auto"
-    seed: int = 42
-    validation_size: int = 1000
-    max_train: int | None = None
-    max_new_tokens: int = 20
-    base_dir: str | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.input_columns, str):
-            self.input_columns = [self.input_columns]
-        for key, kinds in _FIELD_TYPES.items():  # YAML can give a list or a mapping anywhere
-            value = getattr(self, key)
-            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-                names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
-                raise UserError(f"custom task {self.name!r}: {key}={value!r} must be {names}; fix it in the task YAML")
-        if self.task_type not in TASK_TYPES:
-            raise UserError(f"custom task {self.name!r}: task_type={self.task_type!r}; choose one of {TASK_TYPES}")
-        if not self.input_columns:
-            raise UserError(f"custom task {self.name!r}: input_columns is empty; list the columns that form the input")
-        if self.split_protocol not in ("auto", *PROTOCOLS):
-            raise UserError(f"custom task {self.name!r}: split_protocol={self.split_protocol!r}; choose auto or one of {PROTOCOLS}")
-        if self.verbalizer is not None and self.task_type != "classification":
-            raise UserError(f"custom task {self.name!r}: verbalizer only applies to task_type=classification")
-        if self.verbalizer is not None and len(self.verbalizer) < 2:
-            raise UserError(f"custom task {self.name!r}: verbalizer needs at least 2 labels, got {self.verbalizer}")
-        for key, value in (self.verbalizer or {}).items():
-            if not isinstance(value, str):  # YAML reads unquoted yes/no/true as booleans
-                raise UserError(
-                    f"custom task {self.name!r}: verbalizer value for {key!r} is {value!r} ({type(value).__name__}), "
-                    "not a string; quote it in YAML, e.g. 1: \"yes\""
-                )
-        for key in ("train", "validation", "test"):
-            path = self.path(key)
-            if path is not None and not path.is_file():
-                raise MissingFile(f"custom task {self.name!r}: {key} file {str(path)!r} does not exist; fix the '{key}' path")
-            if path is not None and path.suffix.lower() not in BUILDERS:
-                raise UserError(f"custom task {self.name!r}: {key} file {path.name!r} must end in one of {sorted(BUILDERS)}")
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], base_dir: str | Path | None = None) -> CustomTaskSpec:
-        known = sorted(set(cls.__dataclass_fields__) - {"base_dir"})
-        check_known_keys(data, known, "key", f"allowed keys are {known}", where="custom task spec")
-        missing = [k for k in ("name", "train", "input_columns", "label_column") if k not in data]
-        if missing:
-            raise UserError(f"custom task spec: missing required key(s) {missing}")
-        return cls(**data, base_dir=None if base_dir is None else str(base_dir))
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> CustomTaskSpec:
-        """Relative data paths in the YAML are resolved against the YAML file's folder."""
-        path = Path(path)
-        if not path.is_file():
-            raise MissingFile(f"custom task spec {str(path)!r} does not exist")
-        data = load_yaml(path.read_text(), f"custom task spec {str(path)!r}")
-        if not isinstance(data, dict):
-            raise UserError(f"custom task spec {str(path)!r} must be a YAML mapping of keys to values")
-        return cls.from_dict(data, base_dir=path.parent)
-
-    def path(self, key: str) -> Path | None:
-        value = getattr(self, key)
-        if value is None:
-            return None
-        p = Path(value).expanduser()
-        return p if p.is_absolute() or self.base_dir is None else Path(self.base_dir) / p
-
-    @property
-    def columns(self) -> list[tuple[str, str]]:
-        """(column, shown name) pairs in input order."""
-        if isinstance(self.input_columns, Mapping):
-            return [(str(c), str(n)) for c, n in self.input_columns.items()]
-        return [(str(c), str(c)) for c in self.input_columns]
-
-
-def _has_rows(path: Path) -> bool:
-    if path.suffix.lower() == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.ParquetFile(path).metadata.num_rows > 0
-    with path.open("r", encoding="utf-8", errors="replace") as f:
-        lines = (line for line in f if line.strip())
-        needed = 2 if path.suffix.lower() == ".csv" else 1  # a CSV header is not a row
-        return sum(1 for _, _ in zip(range(needed), lines, strict=False)) >= needed
 
 
 def _load_file(spec: CustomTaskSpec, key: str) -> datasets.Dataset:

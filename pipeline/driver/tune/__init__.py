@@ -26,17 +26,36 @@ Modules: `config` (SweepConfig, the embedded default, the space), `prepare` (che
 `report` (MLflow summary, plot, closing text).
 """
 
-from pipeline.driver.tune.config import (
-           DEFAULT_CONFIG,
-           PAPER_GRID,
-           Dimension,
-           SweepConfig,
-           load_sweep,
-           parse_space,
-           trial_config,
-)
-from pipeline.driver.tune.prepare import PreparedSweep, prepare_sweep
-from pipeline.driver.tune.report import SweepOutcome, TrialRow, format_report, plot_sweep
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING
+
+# Loaded on first use (PEP 562): `config` is light, but `prepare` and `report` import the driver's launch module
+# (torch, transformers), and a job reads its sweep config and refuses a typo before those imports.
+_EXPORTS = {"DEFAULT_CONFIG": "config", "PAPER_GRID": "config", "Dimension": "config", "SweepConfig": "config",
+            "load_sweep": "config", "parse_space": "config", "trial_config": "config", "PreparedSweep": "prepare",
+            "prepare_sweep": "prepare", "SweepOutcome": "report", "TrialRow": "report", "format_report": "report",
+            "plot_sweep": "report"}
 __all__ = ["DEFAULT_CONFIG", "PAPER_GRID", "Dimension", "PreparedSweep", "SweepConfig", "SweepOutcome", "TrialRow",
            "format_report", "load_sweep", "parse_space", "plot_sweep", "prepare_sweep", "trial_config"]
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+
+
+if TYPE_CHECKING:  # for readers, type checkers and tests/house/test_layers.py (which reads imports, not runs them)
+    from pipeline.driver.tune.config import (
+        DEFAULT_CONFIG,
+        PAPER_GRID,
+        Dimension,
+        SweepConfig,
+        load_sweep,
+        parse_space,
+        trial_config,
+    )
+    from pipeline.driver.tune.prepare import PreparedSweep, prepare_sweep
+    from pipeline.driver.tune.report import SweepOutcome, TrialRow, format_report, plot_sweep
