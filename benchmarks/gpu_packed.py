@@ -23,8 +23,8 @@ share of the computed positions, peak GPU memory, and against the K=1 row of the
 tokens/s ratio (`tokens_per_s_vs_k1`, the scaling: K when a pack of K costs what one member alone does) and the
 peak memory ratio (`peak_vs_k1`).
 
-Imports: torch and this repo's `adept` only; the check's helpers come in as its module (`check`), never
-imported here (gpu_check.py runs as __main__, a second import of it would build a second copy).
+Imports: torch and this repo's `adept` only; the check's helpers come in as a module (`check`: gpu_check.py
+passes benchmarks/gpu_rows.py), never imported here.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def member_plan(count: int, d: int) -> list[dict]:
 
 def packed_row(row, ctx, check) -> dict:
     """One pack of `row.packs` members: build, 2 warm-up steps (the first profiled for the attention kernel),
-    `row.steps` timed steps. `check` is the gpu_check module (its backbones, FLOP model, memory helpers)."""
+    `row.steps` timed steps. `check` is the gpu_rows module (its backbones, FLOP model, memory helpers)."""
     import torch
 
     from adept import AdeptConfig
@@ -171,7 +171,7 @@ def add_scaling(results: list[dict]) -> None:
 
 
 def table_lines(rows: list[dict], fmt) -> list[str]:
-    """The packed rows' markdown table (gpu_check.table appends it)."""
+    """The packed rows' markdown table (gpu_report.table appends it)."""
     packed = [r for r in rows if r.get("item") == "packed"]
     if not packed:
         return []

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import gpu_check
 import gpu_packed
+import gpu_report
+import gpu_rows
 import pytest
 
 pytestmark = pytest.mark.gpu_ready
@@ -96,8 +98,8 @@ def test_dry_run_of_every_row_type_without_ray_mlflow_datasets(tmp_path):
         two["tokens_per_s"] / one["tokens_per_s"], 3)
     assert two["members"][0]["prompt_lr"] != two["members"][1]["prompt_lr"] and two["pad_fraction"] > 0
     assert "| random:llama-tiny | 2 | (60, 19) x 1, (40, 29) x 1 | 2 x 16 |" in log
-    assert {t["target"] for t in report["targets"]} == set(gpu_check.TARGETS)
-    assert gpu_check.table(report) in proc.stdout  # the table printed is the one --table rebuilds from the JSON
+    assert {t["target"] for t in report["targets"]} == set(gpu_report.TARGETS)
+    assert gpu_report.table(report) in proc.stdout  # the table printed is the one --table rebuilds from the JSON
 
 
 def test_refuses_without_a_gpu(tmp_path):
@@ -112,34 +114,34 @@ def test_peak_table_by_device_name():
              "NVIDIA H100 80GB HBM3": 989.0, "NVIDIA H100 PCIe": 756.0, "NVIDIA H100 NVL": 835.0,
              "NVIDIA A100-SXM4-80GB": 312.0, "NVIDIA A100 80GB PCIe": 312.0, "NVIDIA L40S": 362.0, "NVIDIA L4": 121.0,
              "NVIDIA A10": 125.0, "Tesla T4": None, "NVIDIA GeForce RTX 3090": None}
-    assert {name: gpu_check.peak_bf16_tflops(name) for name in peaks} == peaks
+    assert {name: gpu_report.peak_bf16_tflops(name) for name in peaks} == peaks
 
 
 def test_flop_model_by_hand():
-    causal = gpu_check.step_flops({"body": 10, "encoder": 0, "decoder": 0, "head": 5},
-                                  {"d_attn": 4, "layers": 2, "decoder_layers": 2}, "causal", batch=2, length=3, m=1,
-                                  head_positions=4)
+    causal = gpu_report.step_flops({"body": 10, "encoder": 0, "decoder": 0, "head": 5},
+                                   {"d_attn": 4, "layers": 2, "decoder_layers": 2}, "causal", batch=2, length=3, m=1,
+                                   head_positions=4)
     # S = 4: linear forward 2*(10*2*4 + 5*4) = 200, twice with the activation-gradient backward; attention forward
     # 2 layers * 4*B*S^2*d = 1024, three times with its backward.
     assert causal == 2 * 200 + 3 * 1024
-    assert gpu_check.step_flops({"body": 10, "encoder": 0, "decoder": 0, "head": 5},
-                                {"d_attn": 4, "layers": 2, "decoder_layers": 2}, "causal", 2, 3, 1, 4,
-                                training=False) == 200 + 1024
-    seq2seq = gpu_check.step_flops({"body": 0, "encoder": 10, "decoder": 6, "head": 5},
-                                   {"d_attn": 4, "layers": 2, "decoder_layers": 1}, "seq2seq", batch=1, length=3, m=1,
-                                   head_positions=8)
+    assert gpu_report.step_flops({"body": 10, "encoder": 0, "decoder": 0, "head": 5},
+                                 {"d_attn": 4, "layers": 2, "decoder_layers": 2}, "causal", 2, 3, 1, 4,
+                                 training=False) == 200 + 1024
+    seq2seq = gpu_report.step_flops({"body": 0, "encoder": 10, "decoder": 6, "head": 5},
+                                    {"d_attn": 4, "layers": 2, "decoder_layers": 1}, "seq2seq", batch=1, length=3, m=1,
+                                    head_positions=8)
     # encoder S=4, decoder 8 tokens: linear 2*(10*4 + 6*8 + 5*8) = 256; attention 2*4*16*4 + (4*64*4 + 4*8*4*4)
     assert seq2seq == 2 * 256 + 3 * (512 + 1024 + 512)
 
 
 def test_linear_weights_of_a_real_backbone():
-    model, kind = gpu_check.build_backbone("random:llama-tiny", "cpu", zero3=False)
-    weights = gpu_check.linear_weights(model, kind)
+    model, kind = gpu_rows.build_backbone("random:llama-tiny", "cpu", zero3=False)
+    weights = gpu_report.linear_weights(model, kind)
     # 2 layers x (4 x 64 x 64 attention + 3 x 64 x 172 MLP); the untied head 512 x 64
     assert weights == {"body": 2 * (4 * 64 * 64 + 3 * 64 * 172), "encoder": 0, "decoder": 0, "head": 512 * 64}
-    assert gpu_check.attention_dims(model.config) == {"d_attn": 64, "layers": 2, "decoder_layers": 2}
-    t5, kind = gpu_check.build_backbone("shape:t5-tiny", "cpu", zero3=False)
-    weights = gpu_check.linear_weights(t5, kind)
+    assert gpu_report.attention_dims(model.config) == {"d_attn": 64, "layers": 2, "decoder_layers": 2}
+    t5, kind = gpu_rows.build_backbone("shape:t5-tiny", "cpu", zero3=False)
+    weights = gpu_report.linear_weights(t5, kind)
     assert kind == "seq2seq" and weights["encoder"] == 2 * (4 * 64 * 64 + 2 * 64 * 128)
     assert weights["decoder"] == 2 * (8 * 64 * 64 + 2 * 64 * 128) and weights["head"] == 512 * 64
 
@@ -165,7 +167,7 @@ def test_every_profile_plans_every_row_type():
 
 def test_rows_that_would_not_fit_are_skipped_not_started():
     rows = gpu_check.plan(gpu_check.PROFILES["tiny"])
-    ctx = gpu_check.Context("cpu", gpu=False, peak_tflops=None, deadline=0.0)  # no time left at all
+    ctx = gpu_rows.Context("cpu", gpu=False, peak_tflops=None, deadline=0.0)  # no time left at all
     seen = []
     results = gpu_check.run_rows(rows, ctx, lambda r: seen.append(len(r)))
     assert len(results) == len(rows) == len(seen)
@@ -184,7 +186,7 @@ def test_packed_rows_estimate_from_the_last_measured_pack():
     k1, k4, k16 = (next(r for r in rows if r.packs == k) for k in (1, 4, 16))
     a, b = gpu_packed.EST_S["random:llama-1b"]
     assert gpu_check.guess_s(k16) == a + 16 * b and k16.kind == "packed/K16"
-    ctx = gpu_check.Context("cpu", gpu=False, peak_tflops=None, deadline=0.0)
+    ctx = gpu_rows.Context("cpu", gpu=False, peak_tflops=None, deadline=0.0)
     assert gpu_check.estimate_s(k4, ctx) == gpu_check.guess_s(k4)  # nothing measured, no pace yet
     ctx.measured[("random:llama-1b", "train")] = 5.0  # another kind: not a pack's measure
     ctx.measured[("shape:smollm2-135m", "packed/K4")] = 1.0  # another backbone
@@ -209,7 +211,7 @@ def _report(rows):
     profile = gpu_check.PROFILES["full"]
     return {"device": "NVIDIA H200", "profile": "full", "torch": "2.11", "transformers": "5.17", "deepspeed": "0.19.8",
             "peak_bf16_tflops": 989.0, "wall_s": 1.0, "complete": True, "rows": rows,
-            "targets": gpu_check.check_targets(rows, profile)}
+            "targets": gpu_report.check_targets(rows, profile)}
 
 
 def test_targets_and_tables_from_rows():
@@ -252,7 +254,7 @@ def test_targets_and_tables_from_rows():
     assert targets[("adept_vs_pt_step", seven)]["met"] is True
     assert targets[("zero3_vs_zero2_memory", seven)]["met"] is False  # 61000 > 60000
     assert targets[("adept_vs_pt_step", "random:t5-base")]["met"] is None  # its rows did not run
-    text = gpu_check.table(report)
+    text = gpu_report.table(report)
     assert "| shape:llama-7b | 2 | adept | 8 | 409,600 | 8 x 1024 | 500.0 [500.0-500.0] | 16,384 | 400.0 | 47.0% |" in text
     assert "skipped: time: needs ~10 s" in text
     assert rows[-2]["tokens_per_s_vs_k1"] == 2.5 and rows[-2]["peak_vs_k1"] == 2.5 and "tokens_per_s_vs_k1" not in rows[-1]
