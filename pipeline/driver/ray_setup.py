@@ -143,8 +143,14 @@ def _loopback_torch_config_class():
 
         def on_shutdown(self, worker_group, backend_config):
             # torch deletes the file only when every rank exits cleanly; killed workers leave it behind
+            from ray.exceptions import RayActorError
+
             try:
                 super().on_shutdown(worker_group, backend_config)
+            except RayActorError as err:
+                # The workers are gone already (a sweep that ends while ASHA's last stopped trial shuts down, a
+                # killed node): their process group went with them. Ray Train would print this as a traceback.
+                log.debug(f"[adept] worker group already gone at shutdown: {type(err).__name__}")
             finally:
                 store = getattr(self, "_store", None)
                 if store and os.path.exists(store):
