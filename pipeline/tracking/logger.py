@@ -9,6 +9,12 @@ that logs it later (`python -m pipeline.tracking relog ...`, which reads the jou
 The journal (`metrics.jsonl` beside the run's checkpoints) keeps every metric point the worker computed,
 replays after a resume included; a point is sent only if its step is past what the run already holds for
 that key, so a resumed fit never writes a second point at a step.
+
+Exactly once through an outage: a request can reach the server and be stored while its reply is lost (the
+server stopped, the connection dropped). So after any failed attempt, before sending the points again, the
+logger reads back the last step the run holds for each key (one `get_run`) and sends only what is missing.
+Each point also keeps the time it was computed (the journal's), so a resend is the identical point (which
+MLflow's SQL stores keep once) and the chart's time axis shows when the step ran, not when it was sent.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ class RunLogger:
         self._unsent_artifacts: list[tuple[Path, str]] = []
         self._outage_since: float | None = None
         self._sent_steps: dict[str, int] | None = None
+        self._closing = threading.Event()  # set by close(): retry now and then often, not after a long backoff
         self._seq = 0
         if self.enabled:
             # We retry with our own budget; MLflow's client would otherwise retry each request for minutes.
@@ -59,9 +66,9 @@ class RunLogger:
     def metrics(self, values: dict[str, float], step: int) -> None:
         if not self.enabled:
             return
-        values = {k: float(v) for k, v in values.items()}
-        self._journal({"step": step, "attempt": self.attempt, "time": round(time.time(), 3), "values": values})
-        self._queue.put(("metrics", step, values))
+        values, now = {k: float(v) for k, v in values.items()}, round(time.time(), 3)
+        self._journal({"step": step, "attempt": self.attempt, "time": now, "values": values})
+        self._queue.put(("metrics", step, (values, round(now * 1000))))
 
     def table(self, columns: dict[str, list], artifact_file: str) -> None:
         if self.enabled:
@@ -105,6 +112,7 @@ class RunLogger:
         if not self.enabled:
             return None
         self._queue.put((_STOP, None, None))
+        self._closing.set()
         self._thread.join(self.budget_s + 60)
         self.enabled = False
         if self._system is not None:
@@ -130,7 +138,7 @@ class RunLogger:
                 a.set()
                 continue
             try:
-                self._retry(lambda op=op, a=a, b=b: self._send(op, a, b), op)
+                self._retry(lambda retried, op=op, a=a, b=b: self._send(op, a, b, retried), op)
             except TrackingOutage as err:
                 self._failed.append(_describe(op, a, b))
                 if op == "artifacts":
@@ -144,10 +152,11 @@ class RunLogger:
                 log.warning(f"[adept] MLflow refused {op}: {err}")
 
     def _retry(self, send, what: str) -> None:
-        delay = 1.0
+        """`send(retried)` until it succeeds; `retried` is True after a failed attempt (it may have been stored)."""
+        delay, retried = 1.0, False
         while True:
             try:
-                send()
+                send(retried)
                 if self._outage_since is not None:
                     log.warning(f"[adept] MLflow reachable again after {time.monotonic() - self._outage_since:.0f} s;"
                                 " buffered logs sent")
@@ -164,15 +173,23 @@ class RunLogger:
                 if now - self._outage_since >= self.budget_s:
                     raise TrackingOutage(f"MLflow unreachable for {now - self._outage_since:.0f} s "
                                          f"(last error {type(err).__name__}: {str(err)[:200]})") from err
-                time.sleep(delay)
+                retried = True
+                if self._closing.is_set():  # the job waits on this thread: look again every 2 s, not every 15 s
+                    time.sleep(min(delay, 2.0))
+                else:
+                    self._closing.wait(delay)  # close() cuts a long backoff short
                 delay = min(delay * 2, 15.0)
 
-    def _send(self, op: str, a, b) -> None:
+    def _send(self, op: str, a, b, retried: bool = False) -> None:
         mlflow_client = client(self.uri)
         if op == "metrics":
             if self._sent_steps is None:
                 self._sent_steps = last_steps(mlflow_client, self.run_id)
-            log_new_points(mlflow_client, self.run_id, a, b, self._sent_steps)
+            elif retried:  # the failed attempt may have been stored all the same: read back what the run holds
+                held = last_steps(mlflow_client, self.run_id)
+                self._sent_steps.update({k: max(s, self._sent_steps.get(k, -1)) for k, s in held.items()})
+            values, timestamp_ms = b
+            log_new_points(mlflow_client, self.run_id, a, values, self._sent_steps, timestamp_ms)
         elif op == "table":
             mlflow_client.log_table(self.run_id, data=a, artifact_file=b)
         elif op == "dict":
@@ -235,19 +252,26 @@ def _system_metrics(uri: str, run_id: str):
 
 
 def last_steps(mlflow_client, run_id: str) -> dict[str, int]:
-    """The highest step the run holds for each of its metrics."""
-    keys = mlflow_client.get_run(run_id).data.metrics
-    return {key: max((m.step for m in mlflow_client.get_metric_history(run_id, key)), default=-1) for key in keys}
+    """The highest step the run holds for each of its metrics: one request, whatever the history's length.
+
+    A run's metrics are its latest point per key, the one at the highest step (MLflow's "latest metrics", which
+    its own system-metrics monitor reads the same way); the public proto carries their steps.
+    """
+    return {m.key: m.step for m in mlflow_client.get_run(run_id).data.to_proto().metrics}
 
 
-def log_new_points(mlflow_client, run_id: str, step: int, values: dict[str, float], sent: dict[str, int]) -> None:
-    """Log the values whose step is past the run's last point for that key (a resumed fit replays steps)."""
+def log_new_points(mlflow_client, run_id: str, step: int, values: dict[str, float], sent: dict[str, int],
+                   timestamp_ms: int | None = None) -> None:
+    """Log the values whose step is past the run's last point for that key (a resumed fit replays steps).
+
+    `timestamp_ms`: when the point was computed (the journal's time); now if not given.
+    """
     from mlflow.entities import Metric
 
-    now = int(time.time() * 1000)
+    when = round(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
     fresh = {k: v for k, v in values.items() if step > sent.get(k, -1)}
     if fresh:
-        mlflow_client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in fresh.items()])
+        mlflow_client.log_batch(run_id, metrics=[Metric(k, v, when, step) for k, v in fresh.items()])
         sent.update({k: step for k in fresh})
 
 
@@ -280,6 +304,7 @@ def relog(journal: Path, uri: str, run_id: str) -> int:
     for line in Path(journal).read_text().splitlines():
         entry = json.loads(line)
         before = dict(sent)
-        log_new_points(mlflow_client, run_id, entry["step"], entry["values"], sent)
+        when = round(entry["time"] * 1000) if "time" in entry else None
+        log_new_points(mlflow_client, run_id, entry["step"], entry["values"], sent, when)
         count += sum(sent.get(k) != before.get(k) for k in entry["values"])
     return count

@@ -103,11 +103,22 @@ def retrying(call: Callable[[], T], what: str, budget_s: float = DEFAULT_OUTAGE_
 
 
 def is_transient(err: BaseException) -> bool:
-    """Connection trouble (retry) as opposed to a request the server refused (do not)."""
+    """Connection trouble (retry) as opposed to a request the server refused (do not).
+
+    A status counts only as a status (MLflow's error code, or "error code 503" of a non-JSON reply), never as digits
+    anywhere in the text: a refusal naming a run id or port with "503" in it would be retried for the whole budget.
+    """
     import requests
 
+    if isinstance(err, requests.exceptions.HTTPError):  # a reply: transient only when the server side is in trouble
+        status = getattr(err.response, "status_code", None)
+        return status is None or status >= 500 or status == 429
     if isinstance(err, (ConnectionError, TimeoutError, requests.exceptions.RequestException)):
+        return True
+    status = getattr(err, "get_http_status_code", None)  # MlflowException: TEMPORARILY_UNAVAILABLE -> 503, ...
+    if callable(status) and status() in (429, 503, 504):
         return True
     text = f"{type(err).__name__} {err}"
     return any(s in text for s in ("Max retries exceeded", "Connection refused", "ConnectionError", "timed out",
-                                   "RemoteDisconnected", "Connection reset", "503", "502", "504"))
+                                   "RemoteDisconnected", "Connection reset", "Connection aborted",
+                                   "error code 502", "error code 503", "error code 504"))
