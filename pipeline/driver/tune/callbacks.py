@@ -42,9 +42,19 @@ class TrialRunStatus(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
         tags = self._score_tags(trial)
-        if not completed(result):
+        if not completed(result) and not self._logged_test_metrics(trial):
             tags.update({"adept.stopped_early": self.scheduler, "adept.stopped_at_step": str(result.get("step", "?"))})
         self._close(trial, FINISHED, tags=tags)
+
+    def _logged_test_metrics(self, trial) -> bool:
+        """The fit ran to its test split even if Tune missed its final report: Ray Train's last report can reach
+        Tune after the trial function returned (seen on a fast machine), while the worker logs the test metrics
+        to MLflow before it reports."""
+        try:
+            run = find_run(self.uri, experiment_id(self.uri, self.experiment), f"{self.sweep}-{trial.trial_id}")
+        except Exception:  # noqa: BLE001 - a tracking problem must not stop the sweep
+            return False
+        return run is not None and any(k.startswith("test/") for k in run.data.metrics)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._close(trial, FAILED, error=trial_error(trial), tags=self._score_tags(trial))

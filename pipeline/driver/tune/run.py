@@ -252,15 +252,17 @@ def _trial_row(prep: PreparedSweep, res) -> TrialRow:
             paths = df["checkpoint_path"].dropna()
             if len(paths) and (Path(paths.iloc[-1]) / "best_adapter").is_dir():
                 adapter = str(Path(paths.iloc[-1]) / "best_adapter")
-    if res.error is not None:
-        status = "error"
-    elif completed(res.metrics):
-        status = "completed"
-    else:
-        status = "stopped"
     run_name = f"{prep.name}-{trial_id}"
     found = find_run(prep.base.tracking_uri, experiment_id(prep.base.tracking_uri, cfg.experiment, prep.artifact_root),
                      run_name)
+    if not test and found is not None:  # Tune missed the final report (see callbacks.TrialRunStatus); MLflow has it
+        test = {k.removeprefix("test/"): v for k, v in found.data.metrics.items() if k.startswith("test/")}
+    if res.error is not None:
+        status = "error"
+    elif completed(res.metrics) or test:
+        status = "completed"
+    else:
+        status = "stopped"
     error = None
     if res.error is not None:
         error = (str(res.error).strip().splitlines() or [type(res.error).__name__])[-1][:300]
