@@ -47,7 +47,7 @@ def __getattr__(name: str):
     return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
 
 
-if TYPE_CHECKING:  # for readers, type checkers and tests/house/test_layers.py (which reads imports, not runs them)
+if TYPE_CHECKING:  # for readers, type checkers and tests/house/test_wings.py (which reads imports, not runs them)
     from pipeline.driver.tune.config import (
         DEFAULT_CONFIG,
         PAPER_GRID,
