@@ -111,12 +111,16 @@ def test_job_submit_sweep_register_predict(ray_head, synthetic_task, tiny_backbo
                                 "HF_HUB_OFFLINE": "1",
                                 "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
                    "excludes": [".venv", "ray_results", "mlruns", "*.db", "benchmarks/results", ".git"]}
-    submit = subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", ray_head["address"], "--submission-id", "adept-sweep-test",
-         "--working-dir", str(ROOT), "--runtime-env-json", json.dumps(runtime_env), "--",
-         sys.executable, "jobs/tune_adept.py", "--config", str(path)],
-        capture_output=True, text=True, env=env, timeout=900)
-    output = submit.stdout + submit.stderr
+    for _ in range(30):  # the dashboard answers before its job agent is up: Ray says "try again later"
+        submit = subprocess.run(
+            [str(BIN / "ray"), "job", "submit", "--address", ray_head["address"], "--submission-id",
+             "adept-sweep-test", "--working-dir", str(ROOT), "--runtime-env-json", json.dumps(runtime_env), "--",
+             sys.executable, "jobs/tune_adept.py", "--config", str(path)],
+            capture_output=True, text=True, env=env, timeout=900)
+        output = submit.stdout + submit.stderr
+        if "No available agent to submit job" not in output:
+            break
+        time.sleep(2)
     assert submit.returncode == 0, output[-4000:]
     assert "succeeded" in output.lower(), output[-4000:]
     assert "register the best adapter: python jobs/register_best.py --sweep job-sweep" in output
