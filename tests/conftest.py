@@ -46,10 +46,16 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: -weight(item))
 
 
+_failed: set[str] = set()
+
+
 def pytest_runtest_logreport(report):
-    """Setup, call and teardown seconds per file (under xdist the controller receives every worker's reports)."""
+    """Setup, call and teardown seconds per file (under xdist the controller receives every worker's reports); a file
+    with a failure keeps its earlier measurement (a test that fails early says nothing about how long it takes)."""
     path = report.nodeid.split("::")[0]
     _seconds[path] = _seconds.get(path, 0.0) + report.duration
+    if report.failed:
+        _failed.add(path)
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -60,7 +66,7 @@ def pytest_sessionfinish(session, exitstatus):
     if hasattr(config, "workerinput") or not full or not _seconds or exitstatus not in (0, 1):
         return
     measured = json.loads(DURATIONS.read_text()) if DURATIONS.is_file() else {}
-    measured.update({path: round(seconds) for path, seconds in _seconds.items()})
+    measured.update({path: round(seconds) for path, seconds in _seconds.items() if path not in _failed})
     existing = {str(p.relative_to(DURATIONS.parent.parent)) for p in DURATIONS.parent.rglob("test_*.py")}
     ordered = dict(sorted(((k, v) for k, v in measured.items() if k in existing), key=lambda kv: -kv[1]))
     DURATIONS.write_text(json.dumps(ordered, indent=0) + "\n")
