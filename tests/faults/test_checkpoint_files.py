@@ -6,29 +6,12 @@ import pickle
 
 import pytest
 import torch
+from hostile import Payload
+from hostile import write_checkpoint as write
 
 from pipeline.worker import checkpoint as ckpt
 
 pytestmark = pytest.mark.faults
-
-
-class Payload:
-    """Unpickling this would create `target`: the test checks that nothing ever unpickles it."""
-
-    def __init__(self, target):
-        self.target = target
-
-    def __reduce__(self):
-        return (open, (str(self.target), "w"))
-
-
-def write(folder, step):
-    folder.mkdir(parents=True)
-    (folder / "adapter").mkdir()
-    (folder / "adapter" / "adept_config.json").write_text("{}")
-    snapshot = ckpt.TrainerSnapshot({"param/prompt.weight": torch.ones(2, 3)}, {"optimizer_steps": step})
-    ckpt.write(folder, snapshot, {"step": step}, [ckpt.rng_state()])
-    return folder
 
 
 def test_a_written_checkpoint_verifies_and_reads_back(tmp_path):

@@ -8,21 +8,12 @@ import pickle
 import pytest
 from fault_hooks import fail_once_at, hooks
 from fit_helpers import checkpoints, fit_args, only_run
+from hostile import Payload
 
 from jobs.train_adept import main
 from pipeline.worker import checkpoint as ckpt
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
-
-
-class Payload:
-    """Unpickling this would create `target`: nothing may ever unpickle it."""
-
-    def __init__(self, target):
-        self.target = target
-
-    def __reduce__(self):
-        return (open, (str(self.target), "w"))
 
 
 def files(folder):

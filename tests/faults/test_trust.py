@@ -9,22 +9,13 @@ import stat
 import pytest
 import ray
 import yaml
+from hostile import Payload
 
 from jobs.tune_adept import main as tune_main
 from pipeline.core.errors import UserError
 from pipeline.driver.tune import trust
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("no_ray")]
-
-
-class Payload:
-    """Unpickling this creates `target`: the tests check that nothing ever unpickles it."""
-
-    def __init__(self, target):
-        self.target = target
-
-    def __reduce__(self):
-        return (open, (str(self.target), "w"))
 
 
 def tune_folder(storage):

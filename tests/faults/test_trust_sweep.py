@@ -7,21 +7,12 @@ import pickle
 
 import pytest
 import yaml
+from hostile import Payload
 
 from jobs.tune_adept import main
 from pipeline.driver.tune import trust
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
-
-
-class Payload:
-    """Unpickling this creates `target`: the test checks that nothing ever unpickles it."""
-
-    def __init__(self, target):
-        self.target = target
-
-    def __reduce__(self):
-        return (open, (str(self.target), "w"))
 
 
 def test_a_sweep_resumes_only_from_the_state_its_driver_left(synthetic_task, tiny_backbone, tmp_path, capsys):
