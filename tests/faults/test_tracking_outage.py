@@ -16,7 +16,7 @@ def test_outage_shorter_than_the_budget_loses_nothing(synthetic_task, tiny_backb
     server = MlflowServer(tmp_path / "server").start()
     storage, name = tmp_path / "runs", "outage"
     args = fit_args(synthetic_task, tiny_backbone, storage, server.url, name, "--num-workers", "1", "--no-deepspeed",
-                    "--max-steps", "40", "--eval-steps", "10", "--set", "log_steps=1", "--set", "tracking_outage_s=300")
+                    "--max-steps", "80", "--eval-steps", "10", "--set", "log_steps=1", "--set", "tracking_outage_s=300")
     proc = start_fit([*args, *hooks(sleep_each_step(0.3))], log=tmp_path / "job.log")
     try:
         wait_for(lambda: checkpoints(storage, name), 600, "the first checkpoint", proc)
@@ -29,13 +29,14 @@ def test_outage_shorter_than_the_budget_loses_nothing(synthetic_task, tiny_backb
     finally:
         kill_tree(proc)
         server.stop()
-    assert during > stopped_at + 5  # training went on while MLflow was away
+    # training went on while MLflow was away (on a fast machine the first checkpoint is seen late: the fit may end)
+    assert during > stopped_at + 5 or during == 80, (stopped_at, during)
     server.start()
     try:
         client, run = only_run(server.url)
         assert run.info.status == "FINISHED"
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
-        assert sorted(steps) == list(range(1, 41))  # none lost, none twice
+        assert sorted(steps) == list(range(1, 81))  # none lost, none twice
         assert {a.path for a in client.list_artifacts(run.info.run_id, "best_adapter")}
         assert "MLflow unreachable" in (tmp_path / "job.log").read_text()
     finally:
