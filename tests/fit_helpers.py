@@ -42,6 +42,14 @@ def wait_for(predicate, timeout_s: float, what: str, proc: subprocess.Popen | No
     raise AssertionError(f"timed out after {timeout_s} s waiting for: {what}")
 
 
+def finish(proc: subprocess.Popen, timeout_s: float, log: Path) -> int:
+    """The job's exit status; a job still running after timeout_s fails the test with its log's tail."""
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the job still ran {timeout_s} s later; its log ends:\n{log.read_text()[-8000:]}") from None
+
+
 def checkpoints(storage: Path, name: str) -> list[Path]:
     return sorted((storage / name).glob("step_*"))
 

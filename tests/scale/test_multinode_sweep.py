@@ -18,7 +18,7 @@ import psutil
 import pytest
 import yaml
 from fault_hooks import sleep_each_step
-from fit_helpers import ROOT, journal, kill_tree, wait_for
+from fit_helpers import ROOT, finish, journal, kill_tree, wait_for
 from mlflow import MlflowClient
 from multinode import LocalCluster, trainer_state
 
@@ -70,7 +70,7 @@ def test_a_node_lost_under_a_trial_retries_that_trial_only(synthetic_task, tiny_
         removed_after = max(e["step"] for e in journal(trials, hit.name))
         cluster.remove_node(cluster.node(lost))
         t_lost = time.monotonic()
-        assert proc.wait(timeout=1200) == 0, log.read_text()[-5000:]
+        assert finish(proc, 900, log) == 0, log.read_text()[-5000:]
         done_s = time.monotonic() - t_lost
     finally:
         if proc is not None:
