@@ -125,28 +125,35 @@ def cpus_per_worker(cfg: TrainConfig) -> int:
 
 
 def make_trainer(run: ResolvedRun, mlflow_run_id: str | None, callbacks: list | None = None,
-                 worker_cpus: int | None = None):
-    """The TorchTrainer of one fit; `worker_cpus` overrides `cpus_per_worker` (sweeps running trials side by side)."""
+                 worker_cpus: int | None = None, pack: dict | None = None):
+    """The TorchTrainer of one fit; `worker_cpus` overrides `cpus_per_worker` (sweeps running trials side by side).
+
+    `pack` ({"members": [ResolvedRun], "mlflow_run_ids": [...], "pack_name": ...}) makes it the fit of a pack
+    (pipeline.worker.pack_recipe); `run` is then its first member, whose resources and storage the pack uses.
+    """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipeline.worker.recipe import train_loop_per_worker  # imports Ray and torch: only once a fit starts
+    # imports Ray and torch: only once a fit starts
+    from pipeline.worker.pack_recipe import pack_loop_per_worker
+    from pipeline.worker.recipe import train_loop_per_worker
 
     cfg = run.config
     # A lost node's workers come back only when the cluster has room again: wait node_wait_s, then fail.
     os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(cfg.node_wait_s)
     # ADEPT_* settings (cache dir, log level) reach workers on any node, and in a local cluster that was started
     # before they were set; `launched_at` lets the worker measure Ray Train's start-up.
-    loop_config = {"run": run, "mlflow_run_id": mlflow_run_id, "env": driver_env(), "launched_at": time.time()}
+    loop_config = {"env": driver_env(), "launched_at": time.time(),
+                   **({"run": run, "mlflow_run_id": mlflow_run_id} if pack is None else pack)}
     return TorchTrainer(
-        train_loop_per_worker,
+        train_loop_per_worker if pack is None else pack_loop_per_worker,
         train_loop_config=loop_config,
         torch_config=torch_config(cfg.use_gpu),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": worker_cpus or cpus_per_worker(cfg)},
                                      placement_strategy=cfg.placement_strategy),
         run_config=RunConfig(
-            name=cfg.run_name,
+            name=cfg.run_name if pack is None else pack["pack_name"],
             storage_path=cfg.storage_path,
             failure_config=FailureConfig(max_failures=cfg.max_failures, controller_failure_limit=0),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.num_checkpoints_to_keep),

@@ -32,7 +32,14 @@ def build_model(run: ResolvedRun, device: torch.device, plan: DeepSpeedPlan | No
     base, tokenizer, _ = load_backbone(cfg.backbone, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
     if plan is None or plan.partitioned is None:  # zero.Init already placed the partitions
         base = base.to(device)
-    return get_adept_model(base, run.adapter, tokenizer), tokenizer
+    return wrap_backbone(base, run, tokenizer), tokenizer
+
+
+def wrap_backbone(base: torch.nn.Module, run: ResolvedRun, tokenizer):
+    """The run's adapter over `base`, initialised from the run's seed alone (whatever loading the backbone drew
+    from the RNG): a member of a pack starts from the very weights it has in a solo fit."""
+    torch.manual_seed(run.config.seed)
+    return get_adept_model(base, run.adapter, tokenizer)
 
 
 @dataclass
