@@ -90,16 +90,22 @@ def check_sizes(cfg: TrainConfig, info) -> None:
         raise UserError(f"num_virtual_tokens: m={m} + max input {longest - m} = {longest} positions exceeds the "
                          f"backbone's {info.max_positions} (max_position_embeddings); lower num_virtual_tokens or "
                          "max_source_length / max_target_length.")
-    # Attention scores (micro batch × heads × T² floats per layer, fp32, forward + backward) dominate a long T.
-    per_layer = cfg.micro_batch_size * info.num_heads * longest * longest * 4 * 2
-    hidden = cfg.micro_batch_size * longest * info.hidden_size * 4 * 16
-    estimate = (per_layer + hidden) * info.num_layers
+    estimate = activation_bytes(cfg, info)
     available = _memory_bytes(cfg.use_gpu)
     if estimate > available:
         raise UserError(f"num_virtual_tokens: m={m} needs about {estimate / 2**30:.0f} GiB of activations per "
                          f"worker ({longest} positions × micro batch {cfg.micro_batch_size} × {info.num_layers} "
                          f"layers), more than the {available / 2**30:.0f} GiB here; lower num_virtual_tokens, "
                          "max_source_length or batch_size (or add workers).")
+
+
+def activation_bytes(cfg: TrainConfig, info) -> int:
+    """Activations of one micro batch, forward + backward (an estimate: fp32, eager attention)."""
+    longest = cfg.num_virtual_tokens + cfg.max_source_length + (cfg.max_target_length if info.kind == "causal" else 0)
+    # Attention scores (micro batch × heads × T² floats per layer, fp32, forward + backward) dominate a long T.
+    per_layer = cfg.micro_batch_size * info.num_heads * longest * longest * 4 * 2
+    hidden = cfg.micro_batch_size * longest * info.hidden_size * 4 * 16
+    return (per_layer + hidden) * info.num_layers
 
 
 def _memory_bytes(use_gpu: bool) -> int:

@@ -53,9 +53,15 @@ class PackResult:
 
 
 def run_pack(members: Sequence[ResolvedRun], pack_name: str, links: Sequence[TrialLink] | None = None,
-             callbacks: list | None = None, worker_cpus: int | None = None) -> PackResult:
+             callbacks: list | None = None, worker_cpus: int | None = None, rungs=None,
+             metric: str | None = None) -> PackResult:
     """Train the pack; every member's MLflow run is closed with its own status (a diverged member FAILED, the
-    others FINISHED). Raises what Ray Train raises when the pack's fit itself fails (all members then FAILED)."""
+    others FINISHED; one ASHA stopped FINISHED and tagged `adept.stopped_early`). Raises what Ray Train raises when
+    the pack's fit itself fails (all members then FAILED).
+
+    rungs: a sweep's `RungKeeper` (pipeline.driver.tune.packs): at each validation it decides, member by member,
+    with Tune's ASHA on `metric` (the Ray key, e.g. "val_accuracy"), which members leave the batch.
+    """
     check_pack(members)
     if links is None:  # a sweep's pack runs inside a Tune trial, on the sweep's Ray
         init_ray(members[0].config.num_workers)
@@ -65,7 +71,8 @@ def run_pack(members: Sequence[ResolvedRun], pack_name: str, links: Sequence[Tri
     result = None
     try:
         trainer = make_trainer(first, None, callbacks=callbacks, worker_cpus=worker_cpus,
-                               pack={"members": list(members), "mlflow_run_ids": run_ids, "pack_name": pack_name})
+                               pack={"members": list(members), "mlflow_run_ids": run_ids, "pack_name": pack_name,
+                                     "rungs": rungs, "metric": metric})
         result = trainer.fit()
         error = result.error
         if error is not None:
@@ -105,7 +112,10 @@ def _close_member_runs(members, run_ids, result, error) -> list[str]:
             status, text = "FAILED", metrics.get(f"m{k}_tracking_message")
         else:
             status, text = "FINISHED", None
-        close_run(member.tracking_uri, run_id, status, error=text, budget_s=member.config.tracking_outage_s)
+        tags = None
+        if metrics.get(f"m{k}_status") == "stopped":
+            tags = {"adept.stopped_early": "asha", "adept.stopped_at_step": str(metrics.get(f"m{k}_stopped_at", "?"))}
+        close_run(member.tracking_uri, run_id, status, error=text, tags=tags, budget_s=member.config.tracking_outage_s)
         statuses.append(status)
     return statuses
 

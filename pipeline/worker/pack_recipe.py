@@ -45,7 +45,7 @@ from pipeline.worker.setup import build_data, wrap_backbone
 
 log = logging.getLogger("adept")
 
-RUNNING, FINISHED, FAILED = "running", "finished", "failed"
+RUNNING, FINISHED, FAILED, STOPPED = "running", "finished", "failed", "stopped"
 
 
 @dataclass
@@ -249,11 +249,29 @@ class PackRecipe:
             report.update(_member_keys(k, {**self.last_train[k], **metrics, "best_step": member.best_step}))
             if member.step >= self.members[k].config.max_steps:
                 member.status = FINISHED
+        self._early_stopping(report)
         if self.rank == 0:
             log.info(f"[adept] step {self.state.step} validation: " + ", ".join(
                 f"m{k} {m.history[-1]['metrics']}" for k, m in enumerate(self.state.members)
                 if m.history and m.history[-1]["step"] == self.state.step))
         self._checkpoint_and_report(report, log_best=True)
+
+    def _early_stopping(self, report: dict) -> None:
+        """A sweep's ASHA (the RungKeeper) decides for each member still short of max_steps; the stopped ones leave
+        the batch from the next step. Rank 0 asks; every rank applies its answers."""
+        rungs, metric = self.loop_config.get("rungs"), self.loop_config.get("metric")
+        stop: list[int] = []
+        if rungs is not None and self.rank == 0:
+            for k in self.running():
+                member, score = self.state.members[k], report.get(f"m{k}_{metric}")
+                if score is not None and member.step < self.members[k].config.max_steps and not ray.get(
+                        rungs.decide.remote(self.members[k].config.run_name, member.step, float(score))):
+                    stop.append(k)
+        for k in gather_objects(stop)[0]:
+            self.state.members[k].status, self.state.members[k].error = STOPPED, None
+            if self.rank == 0:
+                log.info(f"[adept] m{k} stopped by ASHA at step {self.state.step} ({metric} "
+                         f"{report.get(f'm{k}_{metric}')}); it leaves the batch")
 
     # ------------------------------------------------------------------------------------------ test
     def test(self) -> None:
@@ -269,6 +287,7 @@ class PackRecipe:
                 self.loggers[k].table(result.table(), "predictions/test.json")
                 final.update(_member_keys(k, {**values, "best_step": member.best_step}))
             final[f"m{k}_status"] = member.status
+            final[f"m{k}_stopped_at"] = member.step
             final[f"m{k}_error"] = member.error or ""
         memory = gather_objects(_peak_rss_mib())
         for k, logger in enumerate(self.loggers):

@@ -43,6 +43,7 @@ class SweepConfig:
     points_to_evaluate: list[dict[str, Any]] = field(default_factory=list)  # tried first, e.g. a known-good point
     max_failures: int = 1  # Tune-level retries of a crashed trial (Train's own retries: max_failures)
     zero_shot: bool = False  # also score the backbone alone on the same validation rows
+    pack: int | str = 1  # trials trained together over one backbone (K, or auto); 1 = each trial on its own
     top_k: int = 5  # rows of the printed best-trials table
 
     def __post_init__(self) -> None:
@@ -70,6 +71,8 @@ class SweepConfig:
             raise UserError(f"sweep cpus_per_worker={self.cpus_per_worker!r} must be an integer >= 1.")
         if not isinstance(self.points_to_evaluate, list) or not all(isinstance(p, dict) for p in self.points_to_evaluate):
             raise UserError(f"sweep points_to_evaluate must be a list of mappings, got {self.points_to_evaluate!r}.")
+        if self.pack != "auto" and (not isinstance(self.pack, int) or isinstance(self.pack, bool) or self.pack < 1):
+            raise UserError(f"sweep pack={self.pack!r} must be an integer >= 1 (trials per pack) or auto.")
         if not isinstance(self.max_failures, int) or self.max_failures < 0:
             raise UserError(f"sweep max_failures={self.max_failures!r} must be an integer >= 0.")
 

@@ -14,6 +14,7 @@ from pipeline.core.config import TrainConfig, inside
 from pipeline.core.errors import UserError
 from pipeline.core.resolve import ResolvedRun
 from pipeline.driver.launch import check_sizes, prepare
+from pipeline.driver.pack import SHARED
 from pipeline.driver.tune.config import (
     ALIASES,
     MAX_CHECKED_COMBINATIONS,
@@ -99,6 +100,7 @@ def prepare_sweep(cfg: TrainConfig, sweep: SweepConfig, check_mlflow: bool = Tru
     inside(base.storage_path, storage, "sweep name")  # Tune's folder and the trials' runs stay in storage_path
     prepared = PreparedSweep(run, sweep, name, dims, metric, storage, storage / "trials", resume=False)
     inside(storage, prepared.trials_storage / f"{name}-00000", "sweep name")  # a trial's run (`trials` no symlink out)
+    check_packable(prepared)
     state = storage / STATE_FILE
     if state.is_file():
         before, now = json.loads(state.read_text()), prepared.fingerprint()
@@ -112,6 +114,22 @@ def prepare_sweep(cfg: TrainConfig, sweep: SweepConfig, check_mlflow: bool = Tru
     if check_mlflow:
         check_tracking_server(run.tracking_uri)
     return prepared
+
+
+def check_packable(prep) -> None:
+    """Refuse, before Ray starts, a packed sweep whose members could not share a batch."""
+    if prep.sweep.pack == 1:
+        return
+    varied = sorted({ALIASES.get(d.key, d.key) for d in prep.dims} & set(SHARED))
+    if varied:
+        raise UserError(f"sweep.pack: the members of a pack share one batch, so the space cannot vary {varied}; "
+                        "take them out of the space, or set sweep.pack: 1.")
+    if prep.base.config.deepspeed:
+        raise UserError("sweep.pack: packed trials run under DDP so far; set deepspeed: false (the adapters are "
+                        "tiny: ZeRO shards nothing they need), or sweep.pack: 1.")
+    if prep.sweep.search == "optuna":
+        raise UserError("sweep.pack with search: optuna is not supported yet (Optuna suggests one trial at a time); "
+                        "use search: random, or sweep.pack: 1.")
 
 
 def _check_combinations(base: TrainConfig, dims: list[Dimension], run: ResolvedRun) -> None:

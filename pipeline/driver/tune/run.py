@@ -38,6 +38,15 @@ from pipeline.driver.tune.config import (
     Dimension,
     trial_config,
 )
+from pipeline.driver.tune.packs import (
+    PackProgress,
+    adept_pack_trial,
+    draw_members,
+    member_rows,
+    pack_size,
+    pack_space,
+    rung_keeper,
+)
 from pipeline.driver.tune.prepare import PreparedSweep
 from pipeline.driver.tune.report import SweepOutcome, TrialRow, summarise
 from pipeline.driver.tune.trust import forget_manifest, write_manifest
@@ -74,6 +83,7 @@ class SweepContext:
     artifact_root: str
     worker_cpus: int | None
     env: dict[str, str]
+    metric: str = ""
 
 
 def adept_trial(params: dict, *, base: ResolvedRun, ctx: SweepContext) -> None:
@@ -142,10 +152,11 @@ def run_sweep(prep: PreparedSweep, log=print) -> SweepOutcome:
                       description=f"Sweep {prep.name}: {_describe(prep.dims)}; {sweep.scheduler} on {prep.metric}.")
     try:
         zero = zero_shot(prep, log) if sweep.zero_shot else None
+        progress = (SweepProgress(prep.name, prep.total_trials, cfg.max_steps, prep.metric) if sweep.pack == 1
+                    else PackProgress(prep.name, prep.total_trials, cfg.max_steps, prep.metric))
         grid = _run_tuner(prep, parent.run_id, log, [
             TrialRunStatus(run.tracking_uri, cfg.experiment, prep.name, prep.metric, sweep.mode, sweep.scheduler,
-                           cfg.tracking_outage_s),
-            SweepProgress(prep.name, prep.total_trials, cfg.max_steps, prep.metric)])
+                           cfg.tracking_outage_s), progress])
     except BaseException as err:
         status, error = status_of_error(err), f"{type(err).__name__}: {err}"[:1000]
         try:  # the trials this sweep was running end with it (a re-run of the sweep name resumes them)
@@ -154,7 +165,7 @@ def run_sweep(prep: PreparedSweep, log=print) -> SweepOutcome:
         finally:
             close_run(run.tracking_uri, parent.run_id, status, error=error, budget_s=cfg.tracking_outage_s)
         raise
-    rows = [_trial_row(prep, res) for res in grid]
+    rows = [row for res in grid for row in ([_trial_row(prep, res)] if sweep.pack == 1 else member_rows(prep, res))]
     outcome = SweepOutcome(prep, rows, None, zero, parent.run_id, time.time() - t0)
     ranked = [r for r in outcome.ranked if r.score is not None]
     outcome.best = ranked[0] if ranked else None
@@ -167,8 +178,11 @@ def _run_tuner(prep: PreparedSweep, parent_run_id: str, log, callbacks: list):
     resources, fits = trial_resources(run, sweep.cpus_per_worker)
     concurrent = sweep.max_concurrent_trials or fits
     ctx = SweepContext(prep.name, str(prep.trials_storage), parent_run_id, str(prep.artifact_root),
-                       sweep.cpus_per_worker, driver_env())
-    trainable = tune.with_resources(tune.with_parameters(adept_trial, base=run, ctx=ctx), resources)
+                       sweep.cpus_per_worker, driver_env(), prep.metric)
+    packed = sweep.pack != 1
+    trainable = (tune.with_parameters(adept_trial, base=run, ctx=ctx) if not packed else
+                 tune.with_parameters(adept_pack_trial, base=run, ctx=ctx, rungs=rung_keeper(prep)))
+    trainable = tune.with_resources(trainable, resources)
     path = str(prep.storage)
     run_config = tune.RunConfig(name=prep.name, storage_path=str(Path(cfg.storage_path)), verbose=0,
                                 failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
@@ -178,6 +192,16 @@ def _run_tuner(prep: PreparedSweep, parent_run_id: str, log, callbacks: list):
         log(f"[adept] resuming sweep {prep.name!r} from {path}")
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
         set_restored_callbacks(tuner, callbacks)  # not the pickled ones of the first run (their clock, their URI)
+    elif packed:
+        members, k = draw_members(prep), pack_size(prep)
+        space = pack_space(members, k)
+        log(f"[adept] sweep {prep.name!r}: {len(members)} trial(s) of {_describe(prep.dims)} in "
+            f"{len(space['pack']['grid_search'])} pack(s) of up to {k} (one backbone per pack); {sweep.scheduler} "
+            f"on {prep.metric} ({sweep.mode}) per trial; {concurrent} pack(s) at a time, each {cfg.num_workers} "
+            "worker(s)")
+        tuner = tune.Tuner(trainable, param_space=space, run_config=run_config,
+                           tune_config=tune.TuneConfig(num_samples=1, trial_dirname_creator=_trial_dirname,
+                                                       search_alg=BasicVariantGenerator(max_concurrent=concurrent)))
     else:
         scheduler, search = scheduler_and_search(prep, concurrent)
         log(f"[adept] sweep {prep.name!r}: {sweep.num_samples} sample(s) of {_describe(prep.dims)}; "
