@@ -26,8 +26,10 @@ Each member is an ordinary `AdeptModel` sharing the backbone object (`member_mod
 the ordinary adapter format (`save_member`, `from_pretrained`).
 
 Limits: rows must not interact inside the backbone (true of transformers' dense LMs; a capacity-limited MoE
-router would couple them). With `ffn_dropout > 0` each ADePT member draws its masks on its own rows only, but
-from the one global RNG in member order, so a packed run is reproducible yet not bit-equal to the solo runs.
+router would couple them). With `ffn_dropout > 0` each ADePT member draws its masks on its own rows only; from
+the one global RNG in member order by default (reproducible, not bit-equal to the solo runs), or from its own
+stream with `use_member_rng` (bit-equal: the pack's worker gives each member the state its solo fit starts with).
+Dropout inside the backbone (0 in the backbones this project trains) would still draw from the global RNG.
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ class PackedAdeptModel(nn.Module):
         self.base_model = base
         self.members = nn.ModuleList(_Member(m) for m in models)
         self._solo = tuple(models)  # not registered: their modules are `base_model` and `members.<k>` already
+        self._rng: list[torch.Tensor] | None = None  # per-member RNG states for dropout (`use_member_rng`)
         self.is_encoder_decoder = models[0].is_encoder_decoder
         self.vocab_size, self.hidden_size = models[0].vocab_size, models[0].hidden_size
 
@@ -125,6 +128,33 @@ class PackedAdeptModel(nn.Module):
     def save_member(self, k: int, path: str | Path) -> None:
         """Write member k as an ordinary adapter folder (`adept_config.json` + `adept_model.safetensors`)."""
         self._solo[k].save_pretrained(path)
+
+    def use_member_rng(self, states: Sequence[torch.Tensor] | None) -> None:
+        """Draw member k's dropout masks from its own RNG stream, starting at `states[k]` (`torch.get_rng_state()`,
+        or `torch.cuda.get_rng_state(device)` on a GPU): given the state its solo fit has when training starts, a
+        member draws exactly the masks it draws alone, whatever the other members draw. None: the global RNG."""
+        self._rng = None if states is None else [s.clone() for s in states]
+
+    @property
+    def member_rng_states(self) -> list[torch.Tensor] | None:
+        """Where each member's stream stands (save it with a checkpoint; `use_member_rng` resumes it)."""
+        return None if self._rng is None else [s.clone() for s in self._rng]
+
+    def _member_offset(self, k: int, tokens: torch.Tensor) -> torch.Tensor | None:
+        solo = self._solo[k]
+        ffn = solo.ffn
+        if not (self.training and self._rng is not None and ffn is not None and ffn.dropout > 0):
+            return solo.input_offset(tokens)
+        cuda = tokens.device.type == "cuda"
+        get = (lambda: torch.cuda.get_rng_state(tokens.device)) if cuda else torch.get_rng_state
+        put = (lambda state: torch.cuda.set_rng_state(state, tokens.device)) if cuda else torch.set_rng_state
+        outside = get()
+        put(self._rng[k])
+        try:
+            return solo.input_offset(tokens)
+        finally:
+            self._rng[k] = get()
+            put(outside)
 
     # ------------------------------------------------------------------ forward
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -184,6 +214,12 @@ class PackedAdeptModel(nn.Module):
     def _member_rows(self, k, tokens, mask, labels):
         """Member k's rows laid out as alone: [P_k ; E + offset_k(E)] (B_k, m_k + L_k, d), mask, causal labels."""
         solo = self._solo[k]
+        # Columns that are padding in every row of this member exist only because another member's batch is longer:
+        # drop them, so the offset (and its dropout masks) runs on exactly the (B_k, L_k) the member's solo batch has.
+        real = mask.bool().any(0) if labels is None else mask.bool().any(0) | (labels != IGNORE_INDEX).any(0)
+        width = int(real.nonzero().max()) + 1 if real.any() else 1
+        tokens, mask = tokens[:, :width], mask[:, :width]
+        labels = None if labels is None else labels[:, :width]
         offset_module = solo.position_offset
         if offset_module is not None and tokens.shape[1] > offset_module.max_length:
             # DePT covers s input positions; columns past s that are pads of every row of this member (another
@@ -193,7 +229,7 @@ class PackedAdeptModel(nn.Module):
                 solo.check_input_length(tokens.shape[1])
             tokens, mask = tokens[:, :s], mask[:, :s]
             labels = None if labels is None else labels[:, :s]
-        offset = solo.input_offset(tokens)  # ADePT: FFN on these rows; DePT: rows 0..L_k-1 of A·B; PT: None
+        offset = self._member_offset(k, tokens)  # ADePT: FFN on these rows; DePT: rows 0..L_k-1 of A·B; PT: None
         if offset is not None:
             tokens = tokens + offset
         m = solo.num_virtual_tokens

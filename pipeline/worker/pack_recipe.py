@@ -101,7 +101,12 @@ class PackRecipe:
         torch.manual_seed(cfg.seed)
         base, self.tokenizer, _ = load_backbone(cfg.backbone, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
         base = base.to(self.device)
-        self.model = PackedAdeptModel([wrap_backbone(base, m, self.tokenizer) for m in self.members])
+        wrapped, streams = [], []
+        for member in self.members:  # each seeded as alone; its dropout stream starts where its solo fit's does
+            wrapped.append(wrap_backbone(base, member, self.tokenizer))
+            streams.append(_rng_now(self.device))
+        self.model = PackedAdeptModel(wrapped)
+        self.model.use_member_rng(streams)
         self.data = build_data(self.members[0], self.tokenizer, verbose=self.rank == 0)  # one tokenisation for all
         self.collates = [make_collator(self.tokenizer, m.tokenize, pad_to_length=m.eval.pad_to_length)
                          for m in self.members]
@@ -148,6 +153,7 @@ class PackRecipe:
         rng = ckpt.rank_rng(saved, tensors, self.rank)
         if rng is not None:
             ckpt.set_rng_state(*rng)
+            self.model.use_member_rng([rng[0][f"member{k}"] for k in range(len(self.members))])
         self.state.resumed_at.append(self.state.step)
         if self.rank == 0:
             log.info(f"[adept] pack resumed from {folder.name} at step {self.state.step}")
@@ -331,7 +337,9 @@ class PackRecipe:
         started = time.perf_counter()
         name = ckpt.free_name(self.run_folder, f"step_{self.state.step:08d}" + ("_final" if final else ""))
         snapshot = self.engine.snapshot([m.step for m in self.state.members])
-        rng = gather_objects(ckpt.rng_state())
+        tensors, meta = ckpt.rng_state()
+        tensors.update({f"member{k}": state for k, state in enumerate(self.model.member_rng_states or [])})
+        rng = gather_objects((tensors, meta))
         report = {**metrics, "step": self.state.step,
                   "members_running": len(self.running()), "members": len(self.members)}
         with tempfile.TemporaryDirectory(prefix="adept-pack-") as tmp:
@@ -354,6 +362,11 @@ class PackRecipe:
 
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device) for k, v in batch.items()}
+
+
+def _rng_now(device: torch.device) -> torch.Tensor:
+    """The RNG state dropout draws from on `device` (the CPU generator, or the device's CUDA generator)."""
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
 
 
 def _member_keys(k: int, values: dict) -> dict:

@@ -1,5 +1,6 @@
 """A member trained in a pack IS the same configuration trained alone: every logged loss, every validation score and
-the final adapter agree to 1e-5 (same seed, same data order, dropout off), for a pack that mixes methods and prompt
+the final adapter agree to 1e-5 (same seed, same data order, ADePT dropout ON: each member draws its masks from
+its own RNG stream, started where its solo fit's starts), for a pack that mixes methods and prompt
 lengths, on one worker and on two (gradients all-reduced by the pack engine, as DDP does for a solo fit).
 A member whose learning rate blows it up fails alone; the others finish as they would without it.
 """
@@ -27,7 +28,7 @@ MEMBERS = [  # methods and prompt lengths mixed; each member its own seed and le
 
 
 def base_config(task, backbone, tmp_path, workers: int) -> TrainConfig:
-    return TrainConfig(task=str(task), backbone=str(backbone), r=8, deepspeed=False, num_workers=workers, ffn_dropout=0.0,
+    return TrainConfig(task=str(task), backbone=str(backbone), r=8, deepspeed=False, num_workers=workers,
                        max_steps=8, eval_steps=4, log_steps=1, warmup_steps=2, batch_size=8, max_source_length=32,
                        max_target_length=4, max_eval_examples=16, storage_path=str(tmp_path / "runs"),
                        mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="pack")

@@ -10,7 +10,6 @@ in the same order; they stop there (no test split) and the others finish.
 import csv
 
 import pytest
-import yaml
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from test_tune_sweep import config, runs
 
@@ -19,15 +18,6 @@ from jobs.tune_adept import main
 pytestmark = [pytest.mark.pack, pytest.mark.slow]
 
 SPACE = {"prompt_lr": {"grid": [0.3, 0.1]}, "num_virtual_tokens": {"grid": [2, 6]}}
-
-
-def packed_config(tmp_path, synthetic_task, tiny_backbone, sweep):
-    """test_tune_sweep's config with ADePT's FFN dropout off: with it on, a member draws its dropout masks from the
-    process's one RNG after the members before it, so it is reproducible but not bit-equal to its solo fit."""
-    path = config(tmp_path, synthetic_task, tiny_backbone, sweep)
-    data = yaml.safe_load(path.read_text())
-    path.write_text(yaml.safe_dump({**data, "ffn_dropout": 0.0}))
-    return path
 
 
 def summary(tmp_path, name):
@@ -41,11 +31,11 @@ def key(row) -> tuple[str, str]:
 
 def test_a_packed_sweep_is_the_unpacked_sweep(synthetic_task, tiny_backbone, tmp_path, capsys):
     base = {"space": SPACE, "num_samples": 1, "scheduler": "fifo", "max_concurrent_trials": 1}
-    path = packed_config(tmp_path, synthetic_task, tiny_backbone, {**base, "name": "packed", "pack": 4})
+    path = config(tmp_path, synthetic_task, tiny_backbone, {**base, "name": "packed", "pack": 4})
     assert main(["--config", str(path)]) == 0
     out = capsys.readouterr().out
     assert "4 trial(s)" in out and "1 pack(s) of up to 4" in out and "4/4 trials done" in out
-    path = packed_config(tmp_path, synthetic_task, tiny_backbone, {**base, "name": "alone"})
+    path = config(tmp_path, synthetic_task, tiny_backbone, {**base, "name": "alone"})
     assert main(["--config", str(path)]) == 0
 
     packed, alone = {key(r): r for r in summary(tmp_path, "packed")}, {key(r): r for r in summary(tmp_path, "alone")}
@@ -67,7 +57,7 @@ def test_a_packed_sweep_is_the_unpacked_sweep(synthetic_task, tiny_backbone, tmp
 def test_asha_inside_a_pack_stops_what_tune_asha_stops(synthetic_task, tiny_backbone, tmp_path):
     sweep = {"name": "rungs", "space": {"prompt_lr": {"grid": [0.03, 0.001, 0.1, 0.3]}}, "num_samples": 1,
              "scheduler": "asha", "grace_period": 10, "reduction_factor": 2, "pack": "auto"}
-    path = packed_config(tmp_path, synthetic_task, tiny_backbone, sweep)
+    path = config(tmp_path, synthetic_task, tiny_backbone, sweep)
     assert main(["--config", str(path)]) == 0
     rows = summary(tmp_path, "rungs")
     assert len(rows) == 4
