@@ -87,6 +87,23 @@ def trial_error(trial) -> str:
     return lines[-1][:1000] if lines else "the trial failed (see its Ray logs)"
 
 
+def trial_report_callback():
+    """Tune's TuneReportCallback without the final report's `done` key.
+
+    `done` is reserved by Tune: a result holding it ends the trial at once, stopping this driver while
+    fit() still shuts Train down, and a Train controller stopped that way leaves its workers' CPUs/GPUs
+    reserved until Ray's placement-group cleaner notices. Without it the trial ends when fit() returns.
+    """
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class _TrialReport(TuneReportCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            metrics = [{k: v for k, v in m.items() if k != "done"} for m in metrics]
+            super().after_report(run_context, metrics, checkpoint)
+
+    return _TrialReport()
+
+
 class SweepProgress(Callback):
     """One line at most every `every_s`: trials done / running, best score, elapsed, ETA (an upper bound:
     the scheduler may stop trials early)."""

@@ -31,7 +31,7 @@ from pipeline.core.progress import clock
 from pipeline.core.resolve import ResolvedRun
 from pipeline.driver.launch import TrialLink, activation_bytes
 from pipeline.driver.pack import run_pack
-from pipeline.driver.tune.callbacks import trial_index
+from pipeline.driver.tune.callbacks import trial_index, trial_report_callback
 from pipeline.driver.tune.config import ALIASES, SWEEP_TAG, trial_config
 from pipeline.driver.tune.report import TrialRow
 from pipeline.tracking import experiment_id, find_run, trial_run_name
@@ -129,9 +129,7 @@ def adept_pack_trial(params: dict, *, base: ResolvedRun, ctx, rungs=None) -> Non
                                display_name=trial_run_name(pack["index"] + k, member_params, run.r, ctx.sweep,
                                                            m=run.config.num_virtual_tokens),
                                tags={SWEEP_TAG: ctx.sweep, "ray.trial_id": trial_id}))
-    from pipeline.driver.tune.run import _report_callback
-
-    run_pack(members, f"{ctx.sweep}-{trial_id}", links=links, callbacks=[_report_callback()],
+    run_pack(members, f"{ctx.sweep}-{trial_id}", links=links, callbacks=[trial_report_callback()],
              worker_cpus=ctx.worker_cpus, rungs=rungs, metric=ctx.metric)
 
 

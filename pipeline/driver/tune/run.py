@@ -17,7 +17,6 @@ import pandas as pd
 import ray
 import torch
 from ray import tune
-from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
 
@@ -29,7 +28,13 @@ from pipeline.core.ray_compat import set_restored_callbacks
 from pipeline.core.resolve import ResolvedRun
 from pipeline.driver.launch import TrialLink, cpus_per_worker, mlflow_params_and_tags, run_fit
 from pipeline.driver.ray_setup import init_ray
-from pipeline.driver.tune.callbacks import SweepProgress, TrialRunStatus, completed, trial_index
+from pipeline.driver.tune.callbacks import (
+    SweepProgress,
+    TrialRunStatus,
+    completed,
+    trial_index,
+    trial_report_callback,
+)
 from pipeline.driver.tune.config import (
     ALIASES,
     STATE_FILE,
@@ -97,22 +102,7 @@ def adept_trial(params: dict, *, base: ResolvedRun, ctx: SweepContext) -> None:
                                                  m=run.config.num_virtual_tokens),
                      tags={SWEEP_TAG: ctx.sweep, "ray.trial_id": trial_id})
     # raises when the fit fails (after Train's own max_failures); Tune then retries the trial
-    run_fit(run, trial=link, callbacks=[_report_callback()], worker_cpus=ctx.worker_cpus)
-
-
-def _report_callback():
-    """Tune's TuneReportCallback without the final report's `done` key.
-
-    `done` is reserved by Tune: a result holding it ends the trial at once, stopping this driver while
-    fit() still shuts Train down, and a Train controller stopped that way leaves its workers' CPUs/GPUs
-    reserved until Ray's placement-group cleaner notices. Without it the trial ends when fit() returns.
-    """
-    class _TrialReport(TuneReportCallback):
-        def after_report(self, run_context, metrics, checkpoint):
-            metrics = [{k: v for k, v in m.items() if k != "done"} for m in metrics]
-            super().after_report(run_context, metrics, checkpoint)
-
-    return _TrialReport()
+    run_fit(run, trial=link, callbacks=[trial_report_callback()], worker_cpus=ctx.worker_cpus)
 
 
 def local_cpus(prep: PreparedSweep) -> int:
@@ -177,9 +167,14 @@ def _run_tuner(prep: PreparedSweep, parent_run_id: str, log, callbacks: list):
     run, cfg, sweep = prep.base, prep.base.config, prep.sweep
     resources, fits = trial_resources(run, sweep.cpus_per_worker)
     concurrent = sweep.max_concurrent_trials or fits
+    packed, worker_cpus = sweep.pack != 1, sweep.cpus_per_worker
+    if packed:  # a pack stands in for up to `concurrent` trials side by side: it gets their CPUs, not one's
+        k = pack_size(prep)
+        if worker_cpus:
+            worker_cpus *= min(k, concurrent)
+        concurrent = max(1, concurrent // k)
     ctx = SweepContext(prep.name, str(prep.trials_storage), parent_run_id, str(prep.artifact_root),
-                       sweep.cpus_per_worker, driver_env(), prep.metric)
-    packed = sweep.pack != 1
+                       worker_cpus, driver_env(), prep.metric)
     trainable = (tune.with_parameters(adept_trial, base=run, ctx=ctx) if not packed else
                  tune.with_parameters(adept_pack_trial, base=run, ctx=ctx, rungs=rung_keeper(prep)))
     trainable = tune.with_resources(trainable, resources)
@@ -193,7 +188,7 @@ def _run_tuner(prep: PreparedSweep, parent_run_id: str, log, callbacks: list):
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
         set_restored_callbacks(tuner, callbacks)  # not the pickled ones of the first run (their clock, their URI)
     elif packed:
-        members, k = draw_members(prep), pack_size(prep)
+        members = draw_members(prep)
         space = pack_space(members, k)
         log(f"[adept] sweep {prep.name!r}: {len(members)} trial(s) of {_describe(prep.dims)} in "
             f"{len(space['pack']['grid_search'])} pack(s) of up to {k} (one backbone per pack); {sweep.scheduler} "

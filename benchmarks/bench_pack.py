@@ -1,0 +1,161 @@
+"""Packed trials (issue 19): a sweep packed over one backbone against the same sweep unpacked, in one run.
+
+    python benchmarks/run.py --items pack                    # the tiny demo- and compare-shaped sweeps (minutes)
+    python benchmarks/bench_pack.py --config configs/demo.yaml              # the demo itself, SmolLM2 (~10 min)
+    python benchmarks/bench_pack.py --config configs/compare_methods.yaml   # 9 trials, 3 methods (~30 min)
+    python benchmarks/bench_pack.py --tiny                                  # both sweeps on the tests' tiny Llama
+
+Each sweep runs twice through `jobs/tune_adept.py` on the same config: `sweep.pack=1` (each trial its own Ray
+Train worker group and backbone) and `sweep.pack=auto` (on CPU: every trial in one pack). Read from each sweep's
+own summary and the process tree sampled every 0.5 s: wall time, training steps (sum of every trial's last step),
+trials per hour, peak resident memory of the whole sweep (the job and every process it started: Ray, Tune,
+Train workers) and of its Ray Train workers alone (a sum of RSS: shared pages count once per process, the same
+way in both runs), and the best trial's configuration and validation score, which must be the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_COMPARE_SPACE = {"method": {"grid": ["adept", "dept", "prompt"]}, "seed": {"grid": [1, 2, 3]}}
+
+
+class TreeMemory:
+    """Peak summed RSS of a process and its descendants (and of its Ray Train workers), sampled in a thread."""
+
+    def __init__(self, pid: int, every_s: float = 0.5):
+        self.root, self.every_s = psutil.Process(pid), every_s
+        self.peak_mib = self.peak_workers_mib = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                procs = [self.root, *self.root.children(recursive=True)]
+            except psutil.Error:
+                continue
+            total = workers = 0
+            for proc in procs:
+                try:
+                    rss = proc.memory_info().rss
+                    total += rss
+                    workers += rss if "RayTrainWorker" in " ".join(proc.cmdline()) else 0
+                except psutil.Error:
+                    continue
+            self.peak_mib = max(self.peak_mib, total / 2**20)
+            self.peak_workers_mib = max(self.peak_workers_mib, workers / 2**20)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_sweep(config: Path, pack: str, tmp: str, name: str, extra: list[str], log=print) -> dict:
+    sweep = f"bench-pack-{name}-{'packed' if pack != '1' else 'alone'}"
+    cmd = [sys.executable, str(ROOT / "jobs" / "tune_adept.py"), "--config", str(config), "--name", sweep,
+           "--no-zero-shot", "--storage-path", f"{tmp}/runs", "--mlflow-uri", f"sqlite:///{tmp}/mlflow.db",
+           "--quiet", "--sweep-set", f"pack={pack}", *extra]
+    log(f"[pack] {name}: sweep.pack={pack} ...")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    memory = TreeMemory(proc.pid)
+    out, err = proc.communicate()
+    memory.stop()
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"the {sweep} sweep failed (exit {proc.returncode}):\n{(out + err)[-3000:]}")
+    with open(Path(tmp) / "runs" / sweep / "summary" / "summary.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    metric = next(k for k in rows[0] if k.startswith("val_"))
+    params = [k for k in rows[0] if k not in ("trial_id", "status", "r", "trainable_params", "best_step", "last_step",
+                                              "step_s", "mlflow_run_id", "adapter", "error")
+              and not k.startswith(("val_", "test_"))]
+    best = max((r for r in rows if r[metric]), key=lambda r: float(r[metric]))
+    return {"item": "pack", "sweep": name, "pack": pack, "trials": len(rows), "wall_s": round(wall, 1),
+            "steps": sum(int(float(r["last_step"] or 0)) for r in rows),
+            "trials_per_hour": round(len(rows) * 3600 / wall, 1), "peak_rss_mib": round(memory.peak_mib),
+            "peak_worker_rss_mib": round(memory.peak_workers_mib), "metric": metric,
+            "best_val": float(best[metric]), "best_trial": {k: best[k] for k in params},
+            "stopped_early": sum(r["status"] == "stopped" for r in rows)}
+
+
+def compare(config: Path, name: str, extra: list[str] | None = None, log=print) -> list[dict]:
+    """The sweep unpacked, then packed, in one run; the packed row carries the ratios."""
+    with tempfile.TemporaryDirectory() as tmp:
+        alone = run_sweep(config, "1", tmp, name, extra or [], log)
+        packed = run_sweep(config, "auto", tmp, name, extra or [], log)
+    for key in ("wall_s", "steps", "peak_rss_mib", "peak_worker_rss_mib"):
+        packed[f"{key}_ratio"] = round(packed[key] / max(alone[key], 1e-9), 3)
+    packed["same_best"] = (packed["best_trial"] == alone["best_trial"]
+                           and abs(packed["best_val"] - alone["best_val"]) <= 1e-4)
+    log(f"[pack] {name}: wall {packed['wall_s_ratio']}×, worker RSS {packed['peak_worker_rss_mib_ratio']}×, "
+        f"sweep RSS {packed['peak_rss_mib_ratio']}×, same best: {packed['same_best']}")
+    return [alone, packed]
+
+
+def tiny_configs(folder: Path) -> dict[str, tuple[Path, list[str]]]:
+    """The demo's and compare_methods' sweeps on the tests' synthetic task and 2-layer Llama (d=32)."""
+    import yaml
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from synthetic import write_backbone, write_task
+
+    task, backbone = write_task(folder / "task"), write_backbone(folder / "backbone")
+    out = {}
+    for name in ("demo", "compare_methods"):
+        data = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
+        data.update(task=str(task), backbone=str(backbone), num_virtual_tokens=4, prompt_init_text=None,
+                    batch_size=16, warmup_steps=0, max_source_length=32, max_target_length=4, max_train_examples=None,
+                    experiment=f"bench-pack-{name}")
+        if data.get("budget") is None:
+            data["r"] = 8
+        data["sweep"].pop("name", None)
+        path = folder / f"{name}-tiny.yaml"
+        path.write_text(yaml.safe_dump(data))
+        out[f"{name}-tiny"] = (path, [])
+    return out
+
+
+def rows(configs: dict[str, tuple[Path, list[str]]], log=print) -> list[dict]:
+    return [row for name, (path, extra) in configs.items() for row in compare(path, name, extra, log)]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, action="append", default=[], help="a sweep config (repeatable)")
+    p.add_argument("--tiny", action="store_true", help="the demo and compare_methods sweeps on a tiny Llama")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "pack.json")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as folder:
+        configs = tiny_configs(Path(folder)) if args.tiny or not args.config else {}
+        configs.update({c.stem: (c.resolve(), []) for c in args.config})
+        result = rows(configs)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"rows": result, "command": " ".join(["python", *sys.argv]),
+                                    "cpu": _cpu(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def _cpu() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
