@@ -91,6 +91,11 @@ def test_print_config(capsys):
         ({"name": "my sweep"}, {}, "letters, digits"),
         ({"grace_period": 50}, {}, "ASHA would never decide"),
         ({"sample": 3}, {}, "unknown sweep key"),
+        pytest.param({"pack": 0}, {}, "pack=0 must be an integer >= 1", marks=pytest.mark.pack),
+        pytest.param({"pack": "all"}, {}, "or auto", marks=pytest.mark.pack),
+        pytest.param({"pack": 4, "space": {"max_steps": [20, 30]}}, {"deepspeed": False},
+                     "cannot vary ['max_steps']", marks=pytest.mark.pack),
+        pytest.param({"pack": "auto"}, {"deepspeed": True}, "deepspeed: false", marks=pytest.mark.pack),
     ],
 )
 def test_bad_sweep_fails_before_ray(sweep, base, message, synthetic_task, tiny_backbone, tmp_path, capsys):
