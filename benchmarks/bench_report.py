@@ -149,13 +149,30 @@ def sweep_table(rows: list[dict]) -> list[str]:
     return out
 
 
+def pack_table(rows: list[dict]) -> list[str]:
+    rows = [r for r in rows if r["item"] == "pack"]
+    if not rows:
+        return []
+    out = ["### 9. Packed trials: the same sweep packed over one backbone vs each trial alone", "",
+           "| sweep | pack | trials | steps | wall s | wall vs alone | trials/h | peak RSS MiB (sweep / workers) | "
+           "RSS vs alone (sweep / workers) | best val | same best |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        packed = "wall_s_ratio" in r
+        out.append(f"| {r['sweep']} | {r['pack']} | {r['trials']} | {r['steps']} | {r['wall_s']:.0f} | "
+                   f"{r['wall_s_ratio'] if packed else 1.0:.2f} | {r['trials_per_hour']:.0f} | "
+                   f"{r['peak_rss_mib']} / {r['peak_worker_rss_mib']} | "
+                   + (f"{r['peak_rss_mib_ratio']:.2f} / {r['peak_worker_rss_mib_ratio']:.2f}" if packed else "1 / 1")
+                   + f" | {r['best_val']:.2f} | {r['same_best'] if packed else '-'} |")
+    return out
+
+
 def render(result: dict) -> str:
     parts = ["## Benchmark results", "", *machine_lines(result["meta"])]
     for note in result["meta"].get("notes", []):
         parts.append(f"Note: {note}")
     for block in (train_table(result["rows"]), inference_table(result["rows"]), targets_table(result["targets"]),
                   pipeline_table(result["rows"]), fit_table(result["rows"]), scale_tables(result["rows"]),
-                  sweep_table(result["rows"])):
+                  sweep_table(result["rows"]), pack_table(result["rows"])):
         if block:
             parts += ["", *block]
     return "\n".join(parts) + "\n"

@@ -30,8 +30,8 @@ import torch  # noqa: E402
 
 bench_pipeline.load_runner_modules()  # runner_*.py beside this file add pipeline runners (item 3)
 
-ITEMS = ("train", "infer", "pipeline", "fit", "scale", "sweep")
-DEFAULT_ITEMS = ("train", "infer", "pipeline", "fit")  # scale (~15 min) and sweep (~45 min) only when asked
+ITEMS = ("train", "infer", "pipeline", "fit", "scale", "sweep", "pack")
+DEFAULT_ITEMS = ("train", "infer", "pipeline", "fit")  # scale (~15 min), sweep (~45 min), pack (~7 min) when asked
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
 # Batch sizes per backbone: the same for every method/variant of a backbone.
 BATCH = {"tiny": 8, bc.SMOLLM2: 2}
@@ -181,6 +181,13 @@ def main(argv: list[str] | None = None) -> int:
         import bench_sweep
 
         rows += bench_sweep.rows(Path(args.fit_config or bench_fit.DEFAULT_CONFIG).resolve(), log=log)
+    if "pack" in args.items:
+        import tempfile
+
+        import bench_pack
+
+        with tempfile.TemporaryDirectory() as folder:  # the demo's and compare_methods' sweeps on the tiny Llama
+            rows += bench_pack.rows(bench_pack.tiny_configs(Path(folder)), log=log)
     meta["wall_s"] = time.perf_counter() - started
     result = {"meta": meta, "rows": rows, "targets": bench_infer.targets(rows)}
     out = Path(args.out)

@@ -24,7 +24,7 @@ PACK_TAG = "adept.pack"
 SHARED = ("task", "backbone", "dtype", "trust_remote_code", "num_workers", "use_gpu", "placement_strategy",
           "storage_path", "mlflow_uri", "experiment", "max_source_length", "max_target_length", "max_train_examples",
           "max_eval_examples", "eval_mode", "eval_batch_size", "precision", "max_steps", "eval_steps", "log_steps",
-          "grad_accum", "deepspeed")
+          "grad_accum", "deepspeed", "zero_stage", "zero3_live_params", "offload")
 
 
 def check_pack(members: Sequence[ResolvedRun]) -> None:
@@ -38,9 +38,9 @@ def check_pack(members: Sequence[ResolvedRun]) -> None:
                 raise UserError(f"the members of a pack must share {key} (one has {getattr(first, key)!r}, another "
                                 f"{getattr(member.config, key)!r}): take {key} out of the sweep's space, or set "
                                 "sweep.pack: 1.")
-    if first.deepspeed:
-        raise UserError("packed trials run under DDP so far: set deepspeed: false (the adapters are tiny; ZeRO "
-                        "shards nothing they need), or sweep.pack: 1 to run each trial on its own.")
+    if first.offload:
+        raise UserError("offload: true moves optimizer state to the CPU; a pack's optimizer state is its adapters' "
+                        "(kilobytes, one AdamW per member): set offload: false, or sweep.pack: 1.")
 
 
 @dataclass

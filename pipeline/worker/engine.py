@@ -94,6 +94,17 @@ def deepspeed_plan(cfg: TrainConfig, device: torch.device) -> DeepSpeedPlan | No
     return plan
 
 
+def partition_frozen(plan: DeepSpeedPlan, module: torch.nn.Module):
+    """ZeRO-3 over a module in which nothing trains (a pack's backbone, built partitioned under `plan`): without an
+    optimizer DeepSpeed keeps only its parameter offload, which gathers each layer for its forward and again for
+    the backward that carries gradients to the inputs. The pack's adapters train outside it, each member with its
+    own optimizer (pipeline.worker.pack_engine). Returns the engine (keep it alive as long as the module)."""
+    import deepspeed
+
+    engine, *_ = deepspeed.initialize(model=module, config=plan.config, dist_init_required=False)
+    return engine
+
+
 def _skip_shm_op() -> None:
     """DeepSpeed's shared-memory comm op is a 30-75 s JIT compile on first use, and gloo works without it."""
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None

@@ -29,7 +29,8 @@ from pipeline.worker.engine import MOMENTS, linear_warmup_schedule
 
 class PackEngine:
     def __init__(self, model: PackedAdeptModel, configs: Sequence[TrainConfig], device: torch.device, world: int):
-        self.module, self.configs, self.device, self.world = model.to(device), list(configs), device, world
+        model.members.to(device)  # the adapters; the backbone is where it was built (ZeRO-3: partitioned)
+        self.module, self.configs, self.device, self.world = model, list(configs), device, world
         # one AdamW and one schedule per member: a member whose step overflows fails alone (an exception inside
         # one optimizer over every member would leave the members after it unstepped)
         self.optimizers = [torch.optim.AdamW(model.member_model(k).parameter_groups(c.prompt_lr, c.offset_lr,

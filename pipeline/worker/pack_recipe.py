@@ -39,6 +39,7 @@ from pipeline.tracking import RunLogger, ray_key
 from pipeline.worker import checkpoint as ckpt
 from pipeline.worker.callbacks import build_callbacks
 from pipeline.worker.distributed import distributed_evaluate, epoch_batches, gather_objects
+from pipeline.worker.engine import deepspeed_plan, partition_frozen
 from pipeline.worker.pack_engine import PackEngine
 from pipeline.worker.recipe import Throughput, TrainState, _journal_folder, _peak_rss_mib, use_assigned_cpus
 from pipeline.worker.setup import build_data, wrap_backbone
@@ -99,14 +100,19 @@ class PackRecipe:
         started = time.perf_counter()
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
+        # ZeRO-3 partitions the one backbone (built partitioned: no rank holds it whole); ZeRO-1/2 would shard only
+        # trainable state, which in a pack is K tiny adapters that the pack engine keeps whole, member by member.
+        plan = deepspeed_plan(cfg, self.device) if cfg.deepspeed and cfg.zero_stage == 3 else None
         base, self.tokenizer, _ = load_backbone(cfg.backbone, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
-        base = base.to(self.device)
+        if plan is None:
+            base = base.to(self.device)
         wrapped, streams = [], []
         for member in self.members:  # each seeded as alone; its dropout stream starts where its solo fit's does
             wrapped.append(wrap_backbone(base, member, self.tokenizer))
             streams.append(_rng_now(self.device))
         self.model = PackedAdeptModel(wrapped)
         self.model.use_member_rng(streams)
+        self.backbone_engine = partition_frozen(plan, base) if plan is not None else None
         self.data = build_data(self.members[0], self.tokenizer, verbose=self.rank == 0)  # one tokenisation for all
         self.collates = [make_collator(self.tokenizer, m.tokenize, pad_to_length=m.eval.pad_to_length)
                          for m in self.members]
@@ -328,7 +334,8 @@ class PackRecipe:
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
         with autocast:
             result = distributed_evaluate(self.model.member_model(k), self.tokenizer, self.data.task, dataset,
-                                          self.members[k].eval, self.rank, self.world, progress=progress)
+                                          self.members[k].eval, self.rank, self.world,
+                                          synced_generate=self.backbone_engine is not None, progress=progress)
         progress.end(", ".join(f"{n} {v:.2f}" for n, v in result.metrics.items()))
         self.seconds["eval"] += time.perf_counter() - started
         return result

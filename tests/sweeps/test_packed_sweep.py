@@ -2,7 +2,8 @@
 
 FIFO: the packed sweep and the same sweep unpacked run the same member configs (Tune's variant generator draws
 them) and reach the same validation scores and test metrics (1e-5); every member has its own MLflow child run
-tagged with its pack, its own summary row, and the progress line counts members.
+tagged with its pack, its own summary row, and the progress line counts members; register_best.py registers the
+best member as it registers any trial.
 ASHA: the members a pack drops at its rung are exactly those Tune's ASHAScheduler stops when fed the same scores
 in the same order; they stop there (no test split) and the others finish.
 """
@@ -13,6 +14,7 @@ import pytest
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from test_tune_sweep import config, runs
 
+from jobs.register_best import main as register_main
 from jobs.tune_adept import main
 
 pytestmark = [pytest.mark.pack, pytest.mark.slow]
@@ -52,6 +54,12 @@ def test_a_packed_sweep_is_the_unpacked_sweep(synthetic_task, tiny_backbone, tmp
     assert len(members) == 4 and {c.info.status for c in members} == {"FINISHED"}
     assert len({c.data.tags["adept.pack"] for c in members}) == 1
     assert packed_parent.data.tags["best_run_id"] in {c.info.run_id for c in members}
+
+    # the registry is unchanged: the best member registers and predicts like any trial
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert register_main(["--sweep", "packed", "--mlflow-uri", uri]) == 0
+    (version,) = client.search_model_versions()
+    assert version.tags["source_run_id"] == packed_parent.data.tags["best_run_id"]
 
 
 def test_asha_inside_a_pack_stops_what_tune_asha_stops(synthetic_task, tiny_backbone, tmp_path):

@@ -95,7 +95,7 @@ def test_print_config(capsys):
         pytest.param({"pack": "all"}, {}, "or auto", marks=pytest.mark.pack),
         pytest.param({"pack": 4, "space": {"max_steps": [20, 30]}}, {"deepspeed": False},
                      "cannot vary ['max_steps']", marks=pytest.mark.pack),
-        pytest.param({"pack": "auto"}, {"deepspeed": True}, "deepspeed: false", marks=pytest.mark.pack),
+        pytest.param({"pack": "auto"}, {"deepspeed": True, "offload": True}, "offload: false", marks=pytest.mark.pack),
     ],
 )
 def test_bad_sweep_fails_before_ray(sweep, base, message, synthetic_task, tiny_backbone, tmp_path, capsys):

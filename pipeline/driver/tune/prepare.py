@@ -124,9 +124,9 @@ def check_packable(prep) -> None:
     if varied:
         raise UserError(f"sweep.pack: the members of a pack share one batch, so the space cannot vary {varied}; "
                         "take them out of the space, or set sweep.pack: 1.")
-    if prep.base.config.deepspeed:
-        raise UserError("sweep.pack: packed trials run under DDP so far; set deepspeed: false (the adapters are "
-                        "tiny: ZeRO shards nothing they need), or sweep.pack: 1.")
+    if prep.base.config.offload:
+        raise UserError("sweep.pack with offload: true: a pack's optimizer state is its adapters' (kilobytes, one "
+                        "AdamW per member); set offload: false, or sweep.pack: 1.")
     if prep.sweep.search == "optuna":
         raise UserError("sweep.pack with search: optuna is not supported yet (Optuna suggests one trial at a time); "
                         "use search: random, or sweep.pack: 1.")
