@@ -37,6 +37,13 @@ def final_checkpoint(folder):
     return final
 
 
+def last_step_checkpoint(folder):
+    """The checkpoint of the last training step: its `adapter` holds the weights the last step left (the final
+    checkpoint's holds whatever the test split was scored with: the best adapter under DDP, the last weights under
+    DeepSpeed, whose fp32 masters the test's reload does not touch)."""
+    return sorted(p for p in folder.glob("step_*") if not p.name.endswith("_final"))[-1]
+
+
 def run_id_of(client, key: str) -> str:
     (run,) = client.search_runs([client.get_experiment_by_name("pack").experiment_id],
                                 f"tags.`adept.run_name` = '{key}'")
@@ -54,20 +61,22 @@ def assert_same_fit(client, solo_run_id, member_run_id, solo_adapter, member_ada
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
 
 
-def assert_members_are_solo_fits(base: TrainConfig, tmp_path) -> None:
-    """Train MEMBERS as one pack, then each alone; each member's fit must be its solo fit."""
+def assert_members_are_solo_fits(base: TrainConfig, tmp_path, rows_per_forward: int | None = None) -> None:
+    """Train MEMBERS as one pack, then each alone; each member's fit must be its solo fit. rows_per_forward: 0 =
+    every member in one forward pass (the GPU default), None = the CPU default (one member per pass)."""
     runs = [prepare(dataclasses.replace(base, name=f"solo{k}", **member), check_mlflow=False)
             for k, member in enumerate(MEMBERS)]
     members = [run.with_config(dataclasses.replace(run.config, name=f"pack-m{k}")) for k, run in enumerate(runs)]
-    packed = run_pack(members, "pack")
+    packed = run_pack(members, "pack", rows_per_forward=rows_per_forward)
     assert packed.statuses == ["FINISHED"] * 3, packed.result.metrics
     for run in runs:
         assert run_fit(run).error is None
 
     client = MlflowClient(base.tracking_uri)
-    pack_final = final_checkpoint(tmp_path / "runs" / "pack")
+    pack_last = last_step_checkpoint(tmp_path / "runs" / "pack")
     for k, run in enumerate(runs):
-        solo_final = final_checkpoint(tmp_path / "runs" / run.config.run_name)
-        assert_same_fit(client, run_id_of(client, run.config.run_name), packed.run_ids[k], solo_final / "adapter",
-                        pack_final / "members" / str(k) / "adapter")
+        solo_last = last_step_checkpoint(tmp_path / "runs" / run.config.run_name)
+        for adapter in ("adapter", "best_adapter"):
+            assert_same_fit(client, run_id_of(client, run.config.run_name), packed.run_ids[k], solo_last / adapter,
+                            pack_last / "members" / str(k) / adapter)
         assert client.get_run(packed.run_ids[k]).data.tags["adept.pack"] == "pack"

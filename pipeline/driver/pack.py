@@ -54,11 +54,14 @@ class PackResult:
 
 def run_pack(members: Sequence[ResolvedRun], pack_name: str, links: Sequence[TrialLink] | None = None,
              callbacks: list | None = None, worker_cpus: int | None = None, rungs=None,
-             metric: str | None = None) -> PackResult:
+             metric: str | None = None, rows_per_forward: int | None = None) -> PackResult:
     """Train the pack; every member's MLflow run is closed with its own status (a diverged member FAILED, the
     others FINISHED; one ASHA stopped FINISHED and tagged `adept.stopped_early`). Raises what Ray Train raises when
     the pack's fit itself fails (all members then FAILED).
 
+    rows_per_forward: the most rows one forward pass takes (whole members; 0 = every member in one pass). None:
+    one pass on a GPU (the batch that fills it), one member per pass on a CPU (one trial's activations in memory
+    at a time; a CPU gains little from larger batches).
     rungs: a sweep's `RungKeeper` (pipeline.driver.tune.packs): at each validation it decides, member by member,
     with Tune's ASHA on `metric` (the Ray key, e.g. "val_accuracy"), which members leave the batch.
     """
@@ -72,7 +75,9 @@ def run_pack(members: Sequence[ResolvedRun], pack_name: str, links: Sequence[Tri
     try:
         trainer = make_trainer(first, None, callbacks=callbacks, worker_cpus=worker_cpus,
                                pack={"members": list(members), "mlflow_run_ids": run_ids, "pack_name": pack_name,
-                                     "rungs": rungs, "metric": metric})
+                                     "rungs": rungs, "metric": metric,
+                                     "rows_per_forward": rows_per_forward if rows_per_forward is not None
+                                     else (0 if first.config.use_gpu else 1)})
         result = trainer.fit()
         error = result.error
         if error is not None:

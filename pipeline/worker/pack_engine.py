@@ -43,22 +43,27 @@ class PackEngine:
         self._bad_loss: set[int] = set()  # members whose loss was non-finite since the last optimizer step
 
     # -------------------------------------------------------------------------------------------- training
-    def train_micro_batch(self, batch: dict, active: Sequence[int]) -> tuple[dict[int, float], bool, list[int]]:
-        """Forward + backward of one packed micro-batch (rows of the `active` members, `batch["member"]`).
+    def train_micro_batch(self, chunks: Sequence[dict], active: Sequence[int]) -> tuple[dict[int, float], bool, list[int]]:
+        """Forward + backward of one packed micro-batch, given as chunks (`concat_member_batches` outputs, each
+        holding whole members: a member's mean is over its own rows, so chunking changes no gradient), then an
+        optimizer step at accumulation boundaries.
 
-        Returns ({member: its mean loss on this rank's rows}, whether the optimizer stepped, the members that
+        Returns ({member: its mean loss on this rank's rows}, whether the optimizers stepped, the members that
         diverged at this step: their gradients were dropped and they must leave the batch).
         """
         self.module.train()
         self.micro += 1
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
-        with autocast:
-            out = self.module(**batch, loss_only=True)
-        losses = out.member_loss.detach().float().cpu().tolist()
-        finite = torch.isfinite(out.member_loss.detach())
-        # a non-finite member's loss must not reach the backward of the others: its term is left out
-        keep = torch.where(finite, out.member_loss, torch.zeros_like(out.member_loss))
-        (keep.sum() / self.grad_accum).backward()
+        losses: dict[int, float] = {}
+        for chunk in chunks:
+            autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+            with autocast:
+                out = self.module(**chunk, loss_only=True)
+            values = out.member_loss.detach().float().cpu().tolist()
+            losses.update({k: values[k] for k in chunk["member"].unique().tolist()})
+            finite = torch.isfinite(out.member_loss.detach())
+            # a non-finite member's loss must not reach the backward of the others: its term is left out
+            keep = torch.where(finite, out.member_loss, torch.zeros_like(out.member_loss))
+            (keep.sum() / self.grad_accum).backward()
         self._bad_loss.update(k for k in active if not math.isfinite(losses[k]))
         if self.micro % self.grad_accum:
             return {k: losses[k] for k in active}, False, []

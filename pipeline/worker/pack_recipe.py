@@ -178,8 +178,9 @@ class PackRecipe:
                 picked = [self.data.train[i] for i in self._next_rows(k)]
                 batches[k] = self.collates[k](picked)
                 tokens[k], rows[k] = int(batches[k]["attention_mask"].sum()), len(picked)
-            packed = concat_member_batches(batches, pad_token_id=self.tokenizer.pad_token_id or 0)
-            losses, stepped, failed = self.engine.train_micro_batch(self._to_device(packed), active)
+            chunks = [self._to_device(concat_member_batches(group, pad_token_id=self.tokenizer.pad_token_id or 0))
+                      for group in self._chunks(batches)]
+            losses, stepped, failed = self.engine.train_micro_batch(chunks, active)
             for k in active:
                 self.windows[k].add(losses[k], tokens[k], rows[k])
             if not stepped:
@@ -204,6 +205,18 @@ class PackRecipe:
                 self.progress.paused += paused
                 paused_total += paused
         self.seconds["train"] = time.perf_counter() - started - paused_total
+
+    def _chunks(self, batches: dict[int, dict]) -> list[dict[int, dict]]:
+        """The members' batches in forward passes of at most `rows_per_forward` rows (whole members; 0 = all in
+        one): one pass fills a GPU; on a CPU, passes of one member keep the activations of one trial in memory."""
+        limit, groups, rows = self.loop_config.get("rows_per_forward") or 0, [], 0
+        for k, batch in batches.items():
+            n = len(batch["input_ids"])
+            if not groups or (limit and rows + n > limit):
+                groups.append({})
+                rows = 0
+            groups[-1][k], rows = batch, rows + n
+        return groups
 
     def _next_rows(self, k: int) -> list[int]:
         """Member k's next micro-batch, from its own seeded epoch order (`epoch_batches`, as in its solo fit)."""

@@ -44,6 +44,7 @@ class SweepConfig:
     max_failures: int = 1  # Tune-level retries of a crashed trial (Train's own retries: max_failures)
     zero_shot: bool = False  # also score the backbone alone on the same validation rows
     pack: int | str = 1  # trials trained together over one backbone (K, or auto); 1 = each trial on its own
+    pack_rows: int | None = None  # rows per forward pass in a pack (whole trials; 0 = all); default: GPU all, CPU one trial
     top_k: int = 5  # rows of the printed best-trials table
 
     def __post_init__(self) -> None:
@@ -73,6 +74,10 @@ class SweepConfig:
             raise UserError(f"sweep points_to_evaluate must be a list of mappings, got {self.points_to_evaluate!r}.")
         if self.pack != "auto" and (not isinstance(self.pack, int) or isinstance(self.pack, bool) or self.pack < 1):
             raise UserError(f"sweep pack={self.pack!r} must be an integer >= 1 (trials per pack) or auto.")
+        if self.pack_rows is not None and (not isinstance(self.pack_rows, int) or isinstance(self.pack_rows, bool)
+                                           or self.pack_rows < 0):
+            raise UserError(f"sweep pack_rows={self.pack_rows!r} must be an integer >= 0 (0: every trial of a pack "
+                            "in one forward pass).")
         if not isinstance(self.max_failures, int) or self.max_failures < 0:
             raise UserError(f"sweep max_failures={self.max_failures!r} must be an integer >= 0.")
 

@@ -130,7 +130,7 @@ def adept_pack_trial(params: dict, *, base: ResolvedRun, ctx, rungs=None) -> Non
                                                            m=run.config.num_virtual_tokens),
                                tags={SWEEP_TAG: ctx.sweep, "ray.trial_id": trial_id}))
     run_pack(members, f"{ctx.sweep}-{trial_id}", links=links, callbacks=[trial_report_callback()],
-             worker_cpus=ctx.worker_cpus, rungs=rungs, metric=ctx.metric)
+             worker_cpus=ctx.worker_cpus, rungs=rungs, metric=ctx.metric, rows_per_forward=ctx.pack_rows)
 
 
 def member_run_key(sweep: str, trial_id: str, k: int) -> str:

@@ -89,6 +89,7 @@ class SweepContext:
     worker_cpus: int | None
     env: dict[str, str]
     metric: str = ""
+    pack_rows: int | None = None
 
 
 def adept_trial(params: dict, *, base: ResolvedRun, ctx: SweepContext) -> None:
@@ -174,7 +175,7 @@ def _run_tuner(prep: PreparedSweep, parent_run_id: str, log, callbacks: list):
             worker_cpus *= min(k, concurrent)
         concurrent = max(1, concurrent // k)
     ctx = SweepContext(prep.name, str(prep.trials_storage), parent_run_id, str(prep.artifact_root),
-                       worker_cpus, driver_env(), prep.metric)
+                       worker_cpus, driver_env(), prep.metric, sweep.pack_rows)
     trainable = (tune.with_parameters(adept_trial, base=run, ctx=ctx) if not packed else
                  tune.with_parameters(adept_pack_trial, base=run, ctx=ctx, rungs=rung_keeper(prep)))
     trainable = tune.with_resources(trainable, resources)
