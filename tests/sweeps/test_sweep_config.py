@@ -54,7 +54,7 @@ def test_default_sweep_and_overrides():
     cfg, sweep = load_sweep(None, ["max_steps=40"], ["num_samples=2", "space.m=[2, 4]"])
     assert cfg.task == "movie-sentiment" and cfg.backbone == "smollm2-135m" and cfg.budget == 100
     assert cfg.max_steps == 40 and sweep.num_samples == 2 and sweep.space["m"] == [2, 4]
-    assert sweep.scheduler == "asha" and sweep.zero_shot
+    assert sweep.scheduler == "asha" and sweep.zero_shot and sweep.pack == "auto"
 
 
 def test_config_without_sweep_section_gets_the_paper_lr_grid(tmp_path):
