@@ -22,9 +22,12 @@ def t5_backbone(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize(("kind", "workers", "rows_per_forward"), [("llama", 1, 0), ("llama", 2, None), ("t5", 1, 0)])
+@pytest.mark.parametrize(("kind", "workers", "rows_per_forward", "count"),
+                         [("llama", 1, 0, 3), ("llama", 2, None, 2), ("t5", 1, 0, 2)])
 def test_a_member_of_a_pack_is_its_solo_fit(synthetic_task, tiny_backbone, t5_backbone, tmp_path, kind, workers,
-                                            rows_per_forward):
-    """rows_per_forward 0: all three members in one forward pass (the GPU default); None: one member per pass."""
+                                            rows_per_forward, count):
+    """rows_per_forward 0: all members in one forward pass (the GPU default); None: one member per pass. count: the
+    first 3 (ADePT, DePT, PT) or 2 (ADePT, DePT) members of pack_helpers.MEMBERS."""
     backbone = tiny_backbone if kind == "llama" else t5_backbone
-    assert_members_are_solo_fits(base_config(synthetic_task, backbone, tmp_path, workers), tmp_path, rows_per_forward)
+    assert_members_are_solo_fits(base_config(synthetic_task, backbone, tmp_path, workers), tmp_path, rows_per_forward,
+                                 count)

@@ -4,6 +4,7 @@ FIFO: the packed sweep and the same sweep unpacked run the same member configs (
 them) and reach the same validation scores and test metrics (1e-5); every member has its own MLflow child run
 tagged with its pack, its own summary row, and the progress line counts members; register_best.py registers the
 best member as it registers any trial.
+Optuna: TPE fills the packs, member by member.
 ASHA: the members a pack drops at its rung are exactly those Tune's ASHAScheduler stops when fed the same scores
 in the same order; they stop there (no test split) and the others finish.
 """
@@ -94,3 +95,54 @@ def test_asha_inside_a_pack_stops_what_tune_asha_stops(synthetic_task, tiny_back
         assert child.info.status == "FINISHED"
     statuses = {r["status"] for r in rows}
     assert statuses == {"completed", "stopped"}
+
+
+def test_optuna_fills_packs(synthetic_task, tiny_backbone, tmp_path):
+    """search: optuna with sweep.pack: each pack's members are TPE's suggestions (4 trials in 2 packs of 2), and
+    each member is its own trial everywhere a user looks."""
+    sweep = {"name": "tpe", "space": {"prompt_lr": {"loguniform": [0.01, 0.3]}, "num_virtual_tokens": [2, 6]},
+             "num_samples": 4, "scheduler": "fifo", "search": "optuna", "seed": 0, "pack": 2,
+             "max_concurrent_trials": 2}
+    path = config(tmp_path, synthetic_task, tiny_backbone, sweep)
+    assert main(["--config", str(path)]) == 0
+    rows = summary(tmp_path, "tpe")
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"completed"}
+    assert all(0.01 <= float(r["prompt_lr"]) <= 0.3 and r["num_virtual_tokens"] in ("2", "6") for r in rows)
+    assert len({(r["prompt_lr"], r["num_virtual_tokens"]) for r in rows}) == 4
+    _, _, children = runs(tmp_path)
+    assert len(children) == 4 and len({c.data.tags["adept.pack"] for c in children}) == 2
+
+
+def test_the_pack_searcher_gives_each_member_its_own_suggestion_and_score():
+    """PackSearcher: a pack's members are K suggestions of the wrapped searcher, and each member's latest score (its
+    m<k>_ key in the pack's results) goes back to the suggestion it came from; a member without one is an error."""
+    from ray.tune.search import Searcher
+
+    from pipeline.driver.tune.packs import PackSearcher
+
+    class Recorder(Searcher):
+        def __init__(self):
+            super().__init__(metric="val_accuracy", mode="max")
+            self.count, self.completed = 0, {}
+
+        def suggest(self, trial_id):
+            self.count += 1
+            return {"prompt_lr": 0.1 * self.count}
+
+        def on_trial_complete(self, trial_id, result=None, error=False):
+            self.completed[trial_id] = (result, error)
+
+    inner = Recorder()
+    packs = PackSearcher(inner, k=2, total=3, metric="val_accuracy")
+    first, second = packs.suggest("a"), packs.suggest("b")
+    assert first == {"pack": {"index": 0, "members": [{"prompt_lr": 0.1}, {"prompt_lr": 0.2}]}}
+    assert second == {"pack": {"index": 2, "members": [{"prompt_lr": pytest.approx(0.3)}]}}
+    assert packs.suggest("c") == Searcher.FINISHED
+    packs.on_trial_result("a", {"m0_val_accuracy": 60.0, "m1_val_accuracy": 55.0})
+    packs.on_trial_complete("a", {"m0_val_accuracy": 70.0})  # m1 stopped at its rung: its last score stands
+    assert inner.completed == {"a_m0": ({"val_accuracy": 70.0}, False), "a_m1": ({"val_accuracy": 55.0}, False)}
+    packs.on_trial_complete("b", None, error=True)
+    assert inner.completed["b_m0"] == (None, True)
+    restored = PackSearcher(Recorder(), k=2, total=3, metric="val_accuracy")
+    restored.set_state(packs.get_state())
+    assert restored.suggest("d") == Searcher.FINISHED

@@ -3,6 +3,7 @@ packs, each pack ONE Tune trial whose Ray Train worker group holds the backbone 
 
     members = draw_members(prep)                 # exactly the configs the unpacked sweep's trials get, in order
     space = {"pack": tune.grid_search(chunks)}   # Tune runs the packs: retries, max_failures, resume as for trials
+    PackSearcher(OptunaSearch(...), k, total)    # search: optuna -- each pack's members are K of TPE's suggestions
     RungKeeper (a Ray actor)                     # ASHA inside packs: Tune's ASHAScheduler decides per member
 
 Early stopping: at each evaluation every running member's score goes to one `RungKeeper` per sweep, which holds a
@@ -24,7 +25,7 @@ import pandas as pd
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
-from ray.tune.search import BasicVariantGenerator
+from ray.tune.search import BasicVariantGenerator, Searcher
 
 from pipeline.core.config import apply_driver_env
 from pipeline.core.progress import clock
@@ -72,6 +73,70 @@ def draw_members(prep) -> list[dict[str, Any]]:
 
 def _never_run(config):  # the generator needs a trainable to name; members run in packs
     raise RuntimeError("draw_members' placeholder trainable is never run")
+
+
+class PackSearcher(Searcher):
+    """A Tune Searcher that fills packs from another Searcher (Optuna): a pack's K members are K of its suggestions,
+    and each member's validation score goes back to it as that suggestion's result (so TPE learns from members)."""
+
+    def __init__(self, searcher: Searcher, k: int, total: int, metric: str):
+        super().__init__()
+        self.searcher, self.k, self.total, self.score_key = searcher, k, total, metric
+        self.drawn = 0
+        self.packs: dict[str, list[str]] = {}  # Tune trial (pack) -> the inner searcher's member ids
+        self.scores: dict[str, float] = {}  # member id -> its latest validation score
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True  # the wrapped searcher was given the space, metric and mode when it was built
+
+    def get_state(self) -> dict:
+        """Tune saves a wrapper's state with the experiment (the wrapped searcher saves its own)."""
+        return {"drawn": self.drawn, "packs": self.packs, "scores": self.scores}
+
+    def set_state(self, state: dict) -> None:
+        self.drawn, self.packs, self.scores = state["drawn"], state["packs"], state["scores"]
+
+    def suggest(self, trial_id: str):
+        if self.drawn >= self.total:
+            return Searcher.FINISHED
+        ids, members = [], []
+        for j in range(min(self.k, self.total - self.drawn)):
+            member_id = f"{trial_id}_m{j}"
+            params = self.searcher.suggest(member_id)
+            if params is None or params == Searcher.FINISHED:
+                break
+            ids.append(member_id)
+            members.append(params)
+        if not members:
+            return None
+        index, self.drawn = self.drawn, self.drawn + len(members)
+        self.packs[trial_id] = ids
+        return {"pack": {"index": index, "members": members}}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        for j, member_id in enumerate(self.packs.get(trial_id, [])):
+            value = result.get(f"m{j}_{self.score_key}")
+            if isinstance(value, int | float) and math.isfinite(value):
+                self.scores[member_id] = float(value)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if result:
+            self.on_trial_result(trial_id, result)
+        for member_id in self.packs.pop(trial_id, []):
+            score = self.scores.pop(member_id, None)
+            self.searcher.on_trial_complete(member_id, result=None if score is None else {self.score_key: score},
+                                            error=error or score is None)
+
+
+def pack_searcher(prep, k: int) -> PackSearcher:
+    """Optuna's TPE (the sweep's seed and points), filling packs of k."""
+    from ray.tune.search.optuna import OptunaSearch  # optional: the `tune` extra
+
+    points = [{ALIASES.get(key, key): v for key, v in p.items()} for p in prep.sweep.points_to_evaluate]
+    inner = OptunaSearch(metric=prep.metric, mode=prep.sweep.mode, seed=prep.sweep.seed,
+                         points_to_evaluate=points or None)
+    inner.set_search_properties(prep.metric, prep.sweep.mode, prep.param_space)  # Tune's domains -> Optuna's
+    return PackSearcher(inner, k, prep.total_trials, prep.metric)
 
 
 def pack_space(members: list[dict[str, Any]], k: int) -> dict[str, Any]:
@@ -220,5 +285,5 @@ class PackProgress(tune.Callback):
                  f"{sum(not p.get('done') for p in self.packs.values())} pack(s){best} · {clock(elapsed)} elapsed")
 
 
-__all__ = ["PackProgress", "RungKeeper", "adept_pack_trial", "draw_members", "member_rows",
+__all__ = ["PackProgress", "PackSearcher", "RungKeeper", "adept_pack_trial", "draw_members", "pack_searcher", "member_rows",
            "pack_size", "pack_space", "rung_keeper"]

@@ -127,9 +127,6 @@ def check_packable(prep) -> None:
     if prep.base.config.offload:
         raise UserError("sweep.pack with offload: true: a pack's optimizer state is its adapters' (kilobytes, one "
                         "AdamW per member); set offload: false, or sweep.pack: 1.")
-    if prep.sweep.search == "optuna":
-        raise UserError("sweep.pack with search: optuna is not supported yet (Optuna suggests one trial at a time); "
-                        "use search: random, or sweep.pack: 1.")
 
 
 def _check_combinations(base: TrainConfig, dims: list[Dimension], run: ResolvedRun) -> None:

@@ -18,7 +18,7 @@ import ray
 import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search import BasicVariantGenerator
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
 from pipeline.core.backbones import load_backbone
 from pipeline.core.config import apply_driver_env, driver_env
@@ -48,6 +48,7 @@ from pipeline.driver.tune.packs import (
     adept_pack_trial,
     draw_members,
     member_rows,
+    pack_searcher,
     pack_size,
     pack_space,
     rung_keeper,
@@ -189,15 +190,18 @@ def _run_tuner(prep: PreparedSweep, parent_run_id: str, log, callbacks: list):
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
         set_restored_callbacks(tuner, callbacks)  # not the pickled ones of the first run (their clock, their URI)
     elif packed:
-        members = draw_members(prep)
-        space = pack_space(members, k)
-        log(f"[adept] sweep {prep.name!r}: {len(members)} trial(s) of {_describe(prep.dims)} in "
-            f"{len(space['pack']['grid_search'])} pack(s) of up to {k} (one backbone per pack); {sweep.scheduler} "
-            f"on {prep.metric} ({sweep.mode}) per trial; {concurrent} pack(s) at a time, each {cfg.num_workers} "
-            "worker(s)")
+        packs = -(-prep.total_trials // k)
+        log(f"[adept] sweep {prep.name!r}: {prep.total_trials} trial(s) of {_describe(prep.dims)} in {packs} "
+            f"pack(s) of up to {k} (one backbone per pack); {sweep.search} search, {sweep.scheduler} on "
+            f"{prep.metric} ({sweep.mode}) per trial; {concurrent} pack(s) at a time, each {cfg.num_workers} worker(s)")
+        if sweep.search == "optuna":  # TPE suggests members one by one: the packs are filled as Tune asks
+            space, search = {}, ConcurrencyLimiter(pack_searcher(prep, k), max_concurrent=concurrent)
+        else:  # the variant generator's members, drawn up front in the unpacked sweep's order
+            space = pack_space(draw_members(prep), k)
+            search = BasicVariantGenerator(max_concurrent=concurrent)
         tuner = tune.Tuner(trainable, param_space=space, run_config=run_config,
-                           tune_config=tune.TuneConfig(num_samples=1, trial_dirname_creator=_trial_dirname,
-                                                       search_alg=BasicVariantGenerator(max_concurrent=concurrent)))
+                           tune_config=tune.TuneConfig(num_samples=packs if sweep.search == "optuna" else 1,
+                                                       trial_dirname_creator=_trial_dirname, search_alg=search))
     else:
         scheduler, search = scheduler_and_search(prep, concurrent)
         log(f"[adept] sweep {prep.name!r}: {sweep.num_samples} sample(s) of {_describe(prep.dims)}; "
