@@ -205,17 +205,9 @@ def run_fit(run: ResolvedRun, trial: TrialLink | None = None, callbacks: list | 
     Returns Ray's `Result` (final metrics, checkpoint). Raises what Ray Train raises when the fit fails (after its
     own `max_failures`); a sweep's Tune then retries the trial.
     """
-    cfg = run.config
-    params, tags = mlflow_params_and_tags(run)
     if trial is None:
-        init_ray(cfg.num_workers)
-        ref = open_run(run.tracking_uri, cfg.experiment, cfg.run_name, kind="fit", display_name=display_name(run),
-                       params=params, tags=tags, artifact_root=Path(cfg.storage_path) / "mlflow-artifacts",
-                       budget_s=cfg.tracking_outage_s)
-    else:
-        ref = open_run(run.tracking_uri, cfg.experiment, cfg.run_name, kind="trial", display_name=trial.display_name,
-                       params=params, tags={**tags, **trial.tags}, artifact_root=Path(trial.artifact_root),
-                       parent_run_id=trial.parent_run_id, budget_s=cfg.tracking_outage_s)
+        init_ray(run.config.num_workers)
+    ref = open_fit_run(run, trial)
     error: BaseException | None = None
     interrupted = threading.Event()
     try:
@@ -238,6 +230,20 @@ def run_fit(run: ResolvedRun, trial: TrialLink | None = None, callbacks: list | 
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGINT, signal.default_int_handler)
             close_fit_run(run, ref.run_id, error)
+
+
+def open_fit_run(run: ResolvedRun, trial: TrialLink | None = None, tags: dict[str, str] | None = None):
+    """The fit's MLflow run (resumed when its key exists): a top-level "fit" run, or a sweep trial's child run."""
+    cfg = run.config
+    params, run_tags = mlflow_params_and_tags(run)
+    run_tags.update(tags or {})
+    if trial is None:
+        return open_run(run.tracking_uri, cfg.experiment, cfg.run_name, kind="fit", display_name=display_name(run),
+                        params=params, tags=run_tags, artifact_root=Path(cfg.storage_path) / "mlflow-artifacts",
+                        budget_s=cfg.tracking_outage_s)
+    return open_run(run.tracking_uri, cfg.experiment, cfg.run_name, kind="trial", display_name=trial.display_name,
+                    params=params, tags={**run_tags, **trial.tags}, artifact_root=Path(trial.artifact_root),
+                    parent_run_id=trial.parent_run_id, budget_s=cfg.tracking_outage_s)
 
 
 def display_name(run: ResolvedRun) -> str:

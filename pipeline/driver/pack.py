@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from pipeline.core.errors import UserError
 from pipeline.core.resolve import ResolvedRun
-from pipeline.driver.launch import TrialLink, display_name, make_trainer, mlflow_params_and_tags
+from pipeline.driver.launch import TrialLink, make_trainer, open_fit_run
 from pipeline.driver.ray_setup import init_ray
-from pipeline.tracking import close_run, open_run, status_of_error
+from pipeline.tracking import close_run, status_of_error
 
 PACK_TAG = "adept.pack"
 # What every member of a pack must share: they run in one batch, in one worker group, on one tokenisation.
@@ -91,18 +90,7 @@ def run_pack(members: Sequence[ResolvedRun], pack_name: str, links: Sequence[Tri
 
 
 def _open_member_run(member: ResolvedRun, k: int, pack_name: str, link: TrialLink | None) -> str:
-    cfg = member.config
-    params, tags = mlflow_params_and_tags(member)
-    tags = {**tags, PACK_TAG: pack_name, "adept.pack_member": str(k)}
-    if link is None:
-        ref = open_run(member.tracking_uri, cfg.experiment, cfg.run_name, kind="fit", display_name=display_name(member),
-                       params=params, tags=tags, artifact_root=Path(cfg.storage_path) / "mlflow-artifacts",
-                       budget_s=cfg.tracking_outage_s)
-    else:
-        ref = open_run(member.tracking_uri, cfg.experiment, cfg.run_name, kind="trial", display_name=link.display_name,
-                       params=params, tags={**tags, **link.tags}, artifact_root=Path(link.artifact_root),
-                       parent_run_id=link.parent_run_id, budget_s=cfg.tracking_outage_s)
-    return ref.run_id
+    return open_fit_run(member, link, tags={PACK_TAG: pack_name, "adept.pack_member": str(k)}).run_id
 
 
 def _close_member_runs(members, run_ids, result, error) -> list[str]:
