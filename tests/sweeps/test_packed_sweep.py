@@ -38,6 +38,7 @@ def test_a_packed_sweep_is_the_unpacked_sweep(synthetic_task, tiny_backbone, tmp
     assert main(["--config", str(path)]) == 0
     out = capsys.readouterr().out
     assert "4 trial(s)" in out and "1 pack(s) of up to 4" in out and "4/4 trials done" in out
+    assert "/step_*/members/<k>/best_adapter" in out  # where each member's adapter is
     path = config(tmp_path, synthetic_task, tiny_backbone, {**base, "name": "alone"})
     assert main(["--config", str(path)]) == 0
 

@@ -173,7 +173,8 @@ def format_report(outcome: SweepOutcome) -> str:
         lines += format_comparison(outcome.comparison, metric)
     if outcome.best is not None:
         lines.append(f"[adept] best adapter: {outcome.best.adapter}")
-    lines.append(f"[adept] adapters of all trials: {prep.trials_storage}/<sweep>-<trial>/step_*/best_adapter")
+    where = "step_*/best_adapter" if prep.sweep.pack == 1 else "step_*/members/<k>/best_adapter"  # a pack's k-th
+    lines.append(f"[adept] adapters of all trials: {prep.trials_storage}/<sweep>-<trial>/{where}")
     if outcome.plot:
         lines.append(f"[adept] plot: {outcome.plot}")
     uri = prep.base.tracking_uri
