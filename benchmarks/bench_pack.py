@@ -2,7 +2,7 @@
 
     python benchmarks/run.py --items pack                    # the tiny demo- and compare-shaped sweeps (minutes)
     python benchmarks/bench_pack.py --config configs/demo.yaml              # the demo itself, SmolLM2 (~10 min)
-    python benchmarks/bench_pack.py --config configs/compare_methods.yaml   # 9 trials, 3 methods (~30 min)
+    python benchmarks/bench_pack.py --config configs/compare_methods.yaml   # 18 trials, 3 methods (~2 h)
     python benchmarks/bench_pack.py --tiny                                  # both sweeps on the tests' tiny Llama
 
 Each sweep runs twice through `jobs/tune_adept.py` on the same config: `sweep.pack=1` (each trial its own Ray

@@ -29,7 +29,7 @@ def fit_run_name(method: str, m: int, r: int | None, task: str) -> str:
 
 
 def trial_run_name(index: int, params: dict[str, Any], r: int | None, sweep: str, m: int | None = None) -> str:
-    """e.g. "t03 m8 r45 plr0.01 · adept-demo", or "t03 dept m8 r85 s1 · compare" when method/seed are searched."""
+    """e.g. "t03 m8 r45 plr0.01 · adept-demo", or "t03 dept m8 r85 s1 plr0.03 · compare" when method/seed are searched."""
     parts = [f"t{index:02d}"]
     if "method" in params:
         parts.append(str(params["method"]))
@@ -40,7 +40,7 @@ def trial_run_name(index: int, params: dict[str, Any], r: int | None, sweep: str
         parts.append(f"r{r}")
     if "seed" in params:
         parts.append(f"s{params['seed']}")
-    for key in ("prompt_lr", "offset_lr"):
-        if key in params and len(parts) < 5:
+    for key in ("prompt_lr", "offset_lr"):  # searched rates tell apart trials that differ only in them
+        if key in params:
             parts.append(f"{key.split('_')[0][0]}lr{_short(params[key])}")
     return " ".join(parts) + f" · {sweep}"

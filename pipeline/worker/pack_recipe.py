@@ -41,7 +41,14 @@ from pipeline.worker.callbacks import build_callbacks
 from pipeline.worker.distributed import distributed_evaluate, epoch_batches, gather_objects
 from pipeline.worker.engine import deepspeed_plan, partition_frozen
 from pipeline.worker.pack_engine import PackEngine
-from pipeline.worker.recipe import Throughput, TrainState, _journal_folder, _peak_rss_mib, use_assigned_cpus
+from pipeline.worker.recipe import (
+    Throughput,
+    TrainState,
+    _journal_folder,
+    _peak_rss_mib,
+    attempt_nodes,
+    use_assigned_cpus,
+)
 from pipeline.worker.setup import build_data, wrap_backbone
 
 log = logging.getLogger("adept")
@@ -65,15 +72,16 @@ class PackState:
     members: list[MemberState] = field(default_factory=list)
     resumed_at: list[int] = field(default_factory=list)
     finished: bool = False
+    nodes: list[list[str]] = field(default_factory=list)  # per attempt: the Ray node id of each rank
 
     def to_dict(self) -> dict:
         return {"step": self.step, "members": [asdict(m) for m in self.members], "resumed_at": self.resumed_at,
-                "finished": self.finished}
+                "finished": self.finished, "nodes": self.nodes}
 
     @classmethod
     def from_dict(cls, data: dict) -> PackState:
         return cls(data["step"], [MemberState.from_dict(m) for m in data["members"]], data.get("resumed_at", []),
-                   data.get("finished", False))
+                   data.get("finished", False), data.get("nodes", []))
 
 
 class PackRecipe:
@@ -125,6 +133,7 @@ class PackRecipe:
         if checkpoint:
             with checkpoint.as_directory() as folder:
                 self._resume(Path(folder))
+        self.state.nodes.append(attempt_nodes(self.rank, self.world))
         attempt = len(self.state.resumed_at)
         self.loggers = [RunLogger(m.tracking_uri, run_id, self.rank, folder=_journal_folder(m.config),
                                   budget_s=m.config.tracking_outage_s, attempt=attempt)

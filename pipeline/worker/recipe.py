@@ -127,7 +127,7 @@ class FitRecipe:
         if checkpoint:
             with checkpoint.as_directory() as folder:
                 self._resume(Path(folder))
-        self._record_nodes()
+        self.state.nodes.append(attempt_nodes(self.rank, self.world))
         self.logger = RunLogger(self.run_spec.tracking_uri, self.loop_config.get("mlflow_run_id"), self.rank,
                                 folder=_journal_folder(cfg), budget_s=cfg.tracking_outage_s,
                                 attempt=len(self.state.resumed_at))
@@ -161,14 +161,6 @@ class FitRecipe:
         if self.rank == 0:
             log.info(f"[adept] resumed from {folder.name} at step {self.state.step} (epoch {self.state.epoch}, "
                      f"batch {self.state.batch_in_epoch})")
-
-    def _record_nodes(self) -> None:
-        """Where this attempt's ranks run (saved with every checkpoint): a multi-node fit is visible afterwards."""
-        nodes = gather_objects(ray.get_runtime_context().get_node_id())
-        self.state.nodes.append(nodes)
-        if self.rank == 0 and len(set(nodes)) > 1:
-            log.info(f"[adept] {self.world} workers on {len(set(nodes))} Ray nodes: "
-                     + ", ".join(f"rank {i} {node[:8]}" for i, node in enumerate(nodes)))
 
     # ------------------------------------------------------------------------------------------ train
     def train(self) -> None:
@@ -376,6 +368,16 @@ def _held_param_mib(module: torch.nn.Module) -> float:
         partition = getattr(p, "ds_tensor", None)
         held += (p.data.numel() + (partition.numel() if partition is not None else 0)) * p.element_size()
     return held / 2**20
+
+
+def attempt_nodes(rank: int, world: int) -> list[str]:
+    """The Ray node id of each rank of this attempt (kept in the trainer state of every checkpoint, so where a fit
+    or a pack ran, and where it went after a lost node, is visible afterwards)."""
+    nodes = gather_objects(ray.get_runtime_context().get_node_id())
+    if rank == 0 and len(set(nodes)) > 1:
+        log.info(f"[adept] {world} workers on {len(set(nodes))} Ray nodes: "
+                 + ", ".join(f"rank {i} {node[:8]}" for i, node in enumerate(nodes)))
+    return nodes
 
 
 def _journal_folder(cfg: TrainConfig) -> Path:

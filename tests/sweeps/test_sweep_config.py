@@ -33,6 +33,29 @@ def test_space_forms_and_aliases():
     assert dims["offset_lr"].kind == "constant" and dims["seed"].kind == "grid"
 
 
+def test_together_varies_keys_as_one(synthetic_task, tiny_backbone, tmp_path):
+    """Each method at its own learning rates: a grid over settings, crossed with the other dimensions."""
+    from pipeline.driver.tune.config import flat_params
+
+    entries = [{"method": "adept", "prompt_lr": 0.3, "offset_lr": 0.01}, {"method": "dept", "m": 2, "offset_lr": 0.1},
+               {"method": "prompt", "prompt_lr": 0.1}]
+    together, seed = parse_space({"together": {"grid": entries}, "seed": {"grid": [1, 2]}})
+    assert together.kind == "grid" and together.keys == ("method", "prompt_lr", "offset_lr", "num_virtual_tokens")
+    assert together.values[1] == {"method": "dept", "num_virtual_tokens": 2, "offset_lr": 0.1}  # aliases resolved
+    params = {"together": together.values[1], "seed": 2}
+    assert flat_params(params) == {"method": "dept", "num_virtual_tokens": 2, "offset_lr": 0.1, "seed": 2}
+    base = TrainConfig(num_virtual_tokens=4, r=8, prompt_lr=0.2, offset_lr=1e-3)
+    cfg = trial_config(base, params)
+    assert (cfg.method, cfg.num_virtual_tokens, cfg.offset_lr, cfg.prompt_lr, cfg.seed) == ("dept", 2, 0.1, 0.2, 2)
+
+    path = write_config(tmp_path, synthetic_task, tiny_backbone,
+                        {"space": {"together": {"grid": entries}, "seed": {"grid": [1, 2]}}, "scheduler": "fifo",
+                         "num_samples": 1})
+    prep = prepare_sweep(*load_sweep(path))
+    assert prep.total_trials == 6
+    assert prep.param_space["together"] == {"grid_search": entries[:1] + [together.values[1]] + entries[2:]}
+
+
 def test_budget_mode_derives_r_from_m_and_prompt_tuning_spends_the_budget():
     from pipeline.core.backbone_info import BackboneInfo
     from pipeline.core.resolve import resolve_run
@@ -91,6 +114,18 @@ def test_print_config(capsys):
         ({"name": "my sweep"}, {}, "letters, digits"),
         ({"grace_period": 50}, {}, "ASHA would never decide"),
         ({"sample": 3}, {}, "unknown sweep key"),
+        ({"space": {"together": {"grid": [{"method": "adept"}, {"method": "adept"}]}}}, {}, "entries repeat"),
+        ({"space": {"together": {"grid": [{"backbone": "x"}]}}}, {}, "cannot vary between trials"),
+        ({"space": {"together": [{"prompt_lr": 0.1}], "prompt_lr": [0.1, 0.2]}}, {}, "sets 'prompt_lr' twice"),
+        ({"space": {"together": {"grid": [{"prompt_lr": {"loguniform": [0.1, 1]}}]}}}, {}, "as a plain value"),
+        ({"space": {"together": {"loguniform": [0.1, 1]}}}, {}, "use {grid: [{key: value"),
+        ({"space": {"together": [{"method": "prompt"}, {"method": "adept"}]}, "search": "optuna"}, {},
+         "cannot sample `together`"),
+        ({"space": {"together": {"grid": [{"method": "adept", "m": 100}]}}}, {"r": None, "budget": 50}, "is invalid"),
+        ({"space": {"together": {"grid": [{"m": 2}, {"m": 4}]}}, "points_to_evaluate": [{"m": 2}]}, {},
+         "put the point among the `together`"),
+        pytest.param({"pack": 2, "space": {"together": {"grid": [{"max_steps": 20}, {"max_steps": 30}]}}},
+                     {"deepspeed": False}, "cannot vary ['max_steps']", marks=pytest.mark.pack),
         pytest.param({"pack": 0}, {}, "pack=0 must be an integer >= 1", marks=pytest.mark.pack),
         pytest.param({"pack": "all"}, {}, "or auto", marks=pytest.mark.pack),
         pytest.param({"pack": 4, "space": {"max_steps": [20, 30]}}, {"deepspeed": False},

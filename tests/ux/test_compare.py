@@ -50,6 +50,23 @@ def test_table_numbers_come_from_the_trials_it_summarises(tmp_path):
     assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_each_method_at_its_own_rates():
+    """A `together` space (method with its own learning rates) × seeds: per method its best rates, the rows
+    flattened as the sweep flattens them."""
+    rows = [row("adept", s, lr, v, 70, 76051) for s in (1, 2) for lr, v in [(0.01, 80 + s), (0.03, 60 + s)]]
+    rows += [row("prompt", s, lr, v, 65, 76800) for s in (1, 2) for lr, v in [(0.01, 50 + s), (0.3, 70 + s)]]
+    out = outcome(rows)
+    out.prepared.dims = [Dimension("together", "grid", ({"method": "adept", "prompt_lr": 0.01},
+                                                        {"method": "adept", "prompt_lr": 0.03},
+                                                        {"method": "prompt", "prompt_lr": 0.01},
+                                                        {"method": "prompt", "prompt_lr": 0.3})),
+                         Dimension("seed", "grid", (1, 2))]
+    table = compare_methods(out)
+    assert list(table["method"]) == ["adept", "prompt"]
+    assert list(table["config"]) == ["prompt_lr=0.01", "prompt_lr=0.3"]
+    assert list(table["val_accuracy_mean"]) == [pytest.approx(81.5), pytest.approx(71.5)]
+
+
 def test_no_table_without_a_method_dimension():
     out = outcome([row("adept", 1, 0.01, 80, 70, 1)])
     out.prepared.dims = [Dimension("prompt_lr", "grid", (0.01, 0.1))]

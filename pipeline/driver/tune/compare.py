@@ -18,7 +18,7 @@ def compare_methods(outcome) -> Any:
     import pandas as pd
 
     prep = outcome.prepared
-    searched = [d.key for d in prep.dims if d.kind != "constant"]
+    searched = [k for d in prep.dims if d.kind != "constant" for k in d.keys]
     if "method" not in searched:
         return None
     metric, short = prep.metric, prep.metric.removeprefix("val_")

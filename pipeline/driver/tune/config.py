@@ -22,6 +22,9 @@ STATE_FILE = "adept_sweep.json"  # the sweep's settings, beside Tune's state: a 
 ZERO_SHOT_FILE = "zero_shot.json"
 SWEEP_TAG = "adept.sweep"
 MAX_CHECKED_COMBINATIONS = 512
+# `space: {together: {grid: [{method: dept, prompt_lr: 3e-2, offset_lr: 1e-3}, ...]}}`: keys that vary as one
+# (each method at its own learning rates, as the paper tunes them); a trial sees the entry's keys as its own.
+TOGETHER = "together"
 
 
 @dataclass
@@ -140,7 +143,14 @@ def load_sweep(path: str | Path | None = None, overrides: list[str] | None = Non
 class Dimension:
     key: str  # TrainConfig field
     kind: str  # constant | choice | grid | loguniform | uniform | randint
-    values: tuple  # constant: (v,); choice/grid: the values; ranges: (lo, hi)
+    values: tuple  # constant: (v,); choice/grid: the values; ranges: (lo, hi); together: mappings
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The TrainConfig keys this dimension sets (a `together` one: every key its entries name)."""
+        if self.key != TOGETHER:
+            return (self.key,)
+        return tuple(dict.fromkeys(k for entry in self.values for k in entry))
 
     def tune_domain(self):
         from ray import tune
@@ -165,10 +175,25 @@ class Dimension:
         return list(self.values)
 
 
+def flat_params(params: dict[str, Any]) -> dict[str, Any]:
+    """A trial's values as TrainConfig keys: a `together` entry's keys become the trial's own."""
+    together = params.get(TOGETHER)
+    flat = {k: v for k, v in params.items() if k != TOGETHER}
+    return {**flat, **together} if isinstance(together, dict) else flat
+
+
 def parse_space(space: dict[str, Any]) -> list[Dimension]:
     fields = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
     dims, seen = [], set()
     for raw_key, spec in space.items():
+        if raw_key == TOGETHER:
+            dim = _together(spec, fields)
+            for key in dim.keys:
+                if key in seen:
+                    raise UserError(f"sweep space sets {key!r} twice (in `together` and on its own); keep one.")
+                seen.add(key)
+            dims.append(dim)
+            continue
         key = ALIASES.get(raw_key, raw_key)
         if key not in fields:
             hint = [k for k in fields if k.startswith(key[:3])][:3]
@@ -176,10 +201,39 @@ def parse_space(space: dict[str, Any]) -> list[Dimension]:
         if key in FIXED_KEYS:
             raise UserError(f"sweep space key {raw_key!r} cannot vary between trials: set it in the base config.")
         if key in seen:
-            raise UserError(f"sweep space sets {key!r} twice (directly and through an alias).")
+            raise UserError(f"sweep space sets {key!r} twice (directly, through an alias or in `together`).")
         seen.add(key)
         dims.append(_dimension(key, spec, fields[key]))
     return dims
+
+
+def _together(spec: Any, fields: dict[str, str]) -> Dimension:
+    """`together: {grid: [mapping, ...]}` (or choice, or a bare list = choice): each entry sets its keys at once."""
+    where = "sweep space 'together'"
+    if isinstance(spec, list):
+        spec = {"choice": spec}
+    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in ("grid", "choice"):
+        raise UserError(f"{where}: use {{grid: [{{key: value, ...}}, ...]}} (or choice), got {spec!r}.")
+    kind, entries = next(iter(spec.items()))
+    if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) and e for e in entries):
+        raise UserError(f"{where}: {kind} needs a non-empty list of non-empty mappings of config keys, e.g. "
+                        f"[{{method: adept, prompt_lr: 1.0e-2}}, {{method: prompt, prompt_lr: 3.0e-2}}]; got {entries!r}.")
+    canonical = []
+    for entry in entries:
+        keys = {}
+        for raw_key, value in entry.items():
+            key = ALIASES.get(raw_key, raw_key)
+            if key not in fields:
+                raise UserError(f"{where}: {raw_key!r} in {entry} is not a TrainConfig field.")
+            if key in FIXED_KEYS or key == TOGETHER:
+                raise UserError(f"{where}: {raw_key!r} cannot vary between trials: set it in the base config.")
+            if key in keys or isinstance(value, dict | list):
+                raise UserError(f"{where}: {entry} must give each key once, as a plain value (no distributions).")
+            keys[key] = value
+        canonical.append(keys)
+    if len(set(map(repr, canonical))) != len(canonical):
+        raise UserError(f"{where}: {kind} entries repeat.")
+    return Dimension(TOGETHER, kind, tuple(canonical))
 
 
 def _dimension(key: str, spec: Any, annotation: str) -> Dimension:
@@ -219,7 +273,7 @@ def trial_config(base: TrainConfig, params: dict[str, Any], name: str | None = N
                  storage_path: str | None = None) -> TrainConfig:
     """The TrainConfig of one trial: the base with the sampled values (validated like any config)."""
     data = base.to_dict()
-    data.update({ALIASES.get(k, k): v for k, v in params.items()})
+    data.update({ALIASES.get(k, k): v for k, v in flat_params(params).items()})
     if data["method"] == "prompt":  # prompt tuning has no r: with a budget, the prompt is the whole budget
         if data.get("budget") is not None:
             data["num_virtual_tokens"] = data["budget"]

@@ -33,29 +33,31 @@ from pipeline.core.resolve import ResolvedRun
 from pipeline.driver.launch import TrialLink, activation_bytes
 from pipeline.driver.pack import run_pack
 from pipeline.driver.tune.callbacks import trial_index, trial_report_callback
-from pipeline.driver.tune.config import ALIASES, SWEEP_TAG, trial_config
+from pipeline.driver.tune.config import ALIASES, SWEEP_TAG, flat_params, trial_config
 from pipeline.driver.tune.report import TrialRow
 from pipeline.tracking import experiment_id, find_run, trial_run_name
 
 log = logging.getLogger("adept")
 
-MAX_AUTO_PACK = 16
+MAX_AUTO_PACK = 32
 
 
 # ---------------------------------------------------------------------------------------------- before Ray runs
 def pack_size(prep) -> int:
-    """K: as given, or `auto`: on CPU every trial of the sweep in one pack (up to 16: the backbone is the cost,
-    the members are tiny); on GPU as many as half the GPU's memory holds in activations (`activation_bytes`)."""
+    """K: as given, or `auto`: on CPU every trial of the sweep in one pack (up to 32: the backbone is the cost,
+    the members are tiny); on GPU as many as half the GPU's memory holds in activations (`activation_bytes`).
+    A sweep larger than that limit is split into packs of even size (18 trials, limit 16: two packs of 9)."""
     pack, total = prep.sweep.pack, prep.total_trials
     if pack != "auto":
         return max(1, min(int(pack), total))
     cfg = prep.base.config
-    if not cfg.use_gpu:
-        return max(1, min(total, MAX_AUTO_PACK))
-    from pipeline.driver.launch import _memory_bytes
+    limit = MAX_AUTO_PACK
+    if cfg.use_gpu:
+        from pipeline.driver.launch import _memory_bytes
 
-    fits = int(0.5 * _memory_bytes(True) // max(1, activation_bytes(cfg, prep.base.info)))
-    return max(1, min(total, MAX_AUTO_PACK, fits))
+        limit = min(limit, int(0.5 * _memory_bytes(True) // max(1, activation_bytes(cfg, prep.base.info))))
+    limit = max(1, min(total, limit))
+    return math.ceil(total / math.ceil(total / limit))
 
 
 def draw_members(prep) -> list[dict[str, Any]]:
@@ -191,7 +193,7 @@ def adept_pack_trial(params: dict, *, base: ResolvedRun, ctx, rungs=None) -> Non
                                             storage_path=ctx.trials_storage))
         members.append(run)
         links.append(TrialLink(parent_run_id=ctx.parent_run_id, artifact_root=ctx.artifact_root,
-                               display_name=trial_run_name(pack["index"] + k, member_params, run.r, ctx.sweep,
+                               display_name=trial_run_name(pack["index"] + k, flat_params(member_params), run.r, ctx.sweep,
                                                            m=run.config.num_virtual_tokens),
                                tags={SWEEP_TAG: ctx.sweep, "ray.trial_id": trial_id}))
     run_pack(members, f"{ctx.sweep}-{trial_id}", links=links, callbacks=[trial_report_callback()],
@@ -242,7 +244,8 @@ def member_rows(prep, res) -> list[TrialRow]:
         key = member_run_key(prep.name, trial_id, k)
         found = find_run(prep.base.tracking_uri, exp, key)
         adapter = checkpoint / "members" / str(k) / "best_adapter" if checkpoint is not None else None
-        rows.append(TrialRow(f"{trial_id}-m{k}", status, {d.key: params[d.key] for d in prep.dims if d.key in params},
+        flat = flat_params(params)
+        rows.append(TrialRow(f"{trial_id}-m{k}", status, {key: flat[key] for d in prep.dims for key in d.keys if key in flat},
                              run.r, run.trainable_params, score, best_step, last_step, test, key,
                              found.info.run_id if found else None,
                              str(adapter) if adapter is not None and adapter.is_dir() else None, error, step_s))

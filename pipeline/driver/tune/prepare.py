@@ -19,6 +19,7 @@ from pipeline.driver.tune.config import (
     ALIASES,
     MAX_CHECKED_COMBINATIONS,
     STATE_FILE,
+    TOGETHER,
     Dimension,
     SweepConfig,
     parse_space,
@@ -70,12 +71,15 @@ def prepare_sweep(cfg: TrainConfig, sweep: SweepConfig, check_mlflow: bool = Tru
     """Validate the base config, the space (every discrete value, range ends) and a resumed sweep's settings and
     files (`trust.check_resume`: Tune unpickles them; `trust_storage` skips their manifest, not their owners)."""
     dims = parse_space(sweep.space)
-    if "r" in {d.key for d in dims} and cfg.budget is not None:
+    if "r" in {k for d in dims for k in d.keys} and cfg.budget is not None:
         raise UserError(f"budget={cfg.budget} derives r from m in every trial, so r cannot be in the space; "
                         "remove r from the space, or set budget: null and give r.")
     if sweep.search == "optuna":
         if any(d.kind == "grid" for d in dims):
             raise UserError("search=optuna samples the space itself: use choice lists, not grid.")
+        if any(d.key == TOGETHER for d in dims):
+            raise UserError("search=optuna cannot sample `together` entries (its choices are plain values); use "
+                            "search: random (grid or choice over the entries), or vary the keys on their own.")
         try:
             import optuna  # noqa: F401
         except ImportError as err:
@@ -120,7 +124,7 @@ def check_packable(prep) -> None:
     """Refuse, before Ray starts, a packed sweep whose members could not share a batch."""
     if prep.sweep.pack == 1:
         return
-    varied = sorted({ALIASES.get(d.key, d.key) for d in prep.dims} & set(SHARED))
+    varied = sorted({ALIASES.get(k, k) for d in prep.dims for k in d.keys} & set(SHARED))
     if varied:
         raise UserError(f"sweep.pack: the members of a pack share one batch, so the space cannot vary {varied}; "
                         "take them out of the space, or set sweep.pack: 1.")
@@ -149,6 +153,9 @@ def _check_combinations(base: TrainConfig, dims: list[Dimension], run: ResolvedR
 
 def _check_points(base: TrainConfig, dims: list[Dimension], points: list[dict], run: ResolvedRun) -> None:
     keys = {d.key for d in dims if d.kind != "constant"}
+    if points and TOGETHER in keys:
+        raise UserError("sweep points_to_evaluate with a `together` space: put the point among the `together` "
+                        "entries instead (a grid over them tries each).")
     for point in points:
         canonical = {ALIASES.get(k, k): v for k, v in point.items()}
         if set(canonical) != keys:

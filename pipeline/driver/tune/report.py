@@ -144,7 +144,7 @@ def format_report(outcome: SweepOutcome) -> str:
     counts = {s: sum(r.status == s for r in outcome.rows) for s in ("completed", "stopped", "error")}
     lines = [f"[adept] sweep {prep.name!r}: {len(outcome.rows)} trials ({counts['completed']} completed, "
              f"{counts['stopped']} stopped early, {counts['error']} errored) in {outcome.seconds:.0f} s"]
-    keys = [d.key for d in prep.dims if d.kind != "constant" and d.key != "r"]  # r has its own column
+    keys = [k for d in prep.dims if d.kind != "constant" for k in d.keys if k != "r"]  # r has its own column
     header = ["#", "trial", "status", *keys, "r", metric, "step"]
     body = []
     ranked = outcome.ranked

@@ -39,8 +39,10 @@ from pipeline.driver.tune.config import (
     ALIASES,
     STATE_FILE,
     SWEEP_TAG,
+    TOGETHER,
     ZERO_SHOT_FILE,
     Dimension,
+    flat_params,
     trial_config,
 )
 from pipeline.driver.tune.packs import (
@@ -100,7 +102,7 @@ def adept_trial(params: dict, *, base: ResolvedRun, ctx: SweepContext) -> None:
     run = base.with_config(trial_config(base.config, params, name=f"{ctx.sweep}-{trial_id}",
                                         storage_path=ctx.trials_storage))
     link = TrialLink(parent_run_id=ctx.parent_run_id, artifact_root=ctx.artifact_root,
-                     display_name=trial_run_name(trial_index(trial_id), params, run.r, ctx.sweep,
+                     display_name=trial_run_name(trial_index(trial_id), flat_params(params), run.r, ctx.sweep,
                                                  m=run.config.num_virtual_tokens),
                      tags={SWEEP_TAG: ctx.sweep, "ray.trial_id": trial_id})
     # raises when the fit fails (after Train's own max_failures); Tune then retries the trial
@@ -123,7 +125,7 @@ def _trial_dirname(trial) -> str:
 
 def _trial_name(trial) -> str:
     """What Tune's own status table shows for a trial: "t03 m8 plr0.01" rather than an internal id."""
-    return trial_run_name(trial_index(trial.trial_id), trial.config or {}, None, "").removesuffix(" · ")
+    return trial_run_name(trial_index(trial.trial_id), flat_params(trial.config or {}), None, "").removesuffix(" · ")
 
 
 def run_sweep(prep: PreparedSweep, log=print) -> SweepOutcome:
@@ -246,6 +248,9 @@ def _describe(dims: list[Dimension]) -> str:
     parts = []
     for d in dims:
         v = d.values
+        if d.key == TOGETHER:
+            parts.append(f"together~{d.kind}[{len(v)} settings of {'/'.join(d.keys)}]")
+            continue
         parts.append(f"{d.key}={v[0]}" if d.kind == "constant" else
                      f"{d.key}~{d.kind}{list(v)}" if d.kind in ("choice", "grid") else f"{d.key}~{d.kind}[{v[0]:g}, {v[1]:g}]")
     return ", ".join(parts) or "the base config"
@@ -255,7 +260,7 @@ def _trial_row(prep: PreparedSweep, res) -> TrialRow:
     cfg = prep.base.config
     trial_id = Path(res.path).name
     df = res.metrics_dataframe
-    params = {k: res.config[k] for k in (d.key for d in prep.dims) if k in (res.config or {})}
+    params = flat_params({k: res.config[k] for k in (d.key for d in prep.dims) if k in (res.config or {})})
     trial = prep.base.with_config(trial_config(cfg, params))
     score = best_step = last_step = adapter = step_s = None
     test: dict[str, float] = {}
