@@ -181,7 +181,7 @@ class PackRecipe:
         cfg, state = self.cfg, self.state
         started, paused_total = time.perf_counter(), 0.0
         while self.running():
-            active = self.running()
+            active, micro_started = self.running(), time.perf_counter()
             batches, tokens, rows = {}, {}, {}
             for k in active:
                 picked = [self.data.train[i] for i in self._next_rows(k)]
@@ -190,8 +190,11 @@ class PackRecipe:
             chunks = [self._to_device(concat_member_batches(group, pad_token_id=self.tokenizer.pad_token_id or 0))
                       for group in self._chunks(batches)]
             losses, stepped, failed = self.engine.train_micro_batch(chunks, active)
+            # Each member is charged its tokens' share of the pack's micro-step, so its perf/step_s (the method
+            # comparison's step column) is what it costs in the pack, not the pack's whole step.
+            seconds, total = time.perf_counter() - micro_started, max(sum(tokens.values()), 1)
             for k in active:
-                self.windows[k].add(losses[k], tokens[k], rows[k])
+                self.windows[k].add(losses[k], tokens[k], rows[k], seconds=seconds * tokens[k] / total)
             if not stepped:
                 continue
             state.step += 1

@@ -65,7 +65,8 @@ class TrainState:
 
 @dataclass
 class Throughput:
-    """Training-only counters since the last log line: validation and checkpoint time is left out."""
+    """Training-only counters since the last log line: validation and checkpoint time is left out. A member of a
+    pack is `charged` its share of each pack step instead of the wall time (see PackRecipe.train)."""
 
     loss: float = 0.0
     micro: int = 0
@@ -73,15 +74,19 @@ class Throughput:
     samples: int = 0
     t0: float = field(default_factory=time.perf_counter)
     paused: float = 0.0
+    charged: float | None = None
 
-    def add(self, loss: float, tokens: int, samples: int) -> None:
+    def add(self, loss: float, tokens: int, samples: int, seconds: float | None = None) -> None:
         self.loss, self.micro = self.loss + loss, self.micro + 1
         self.tokens, self.samples = self.tokens + tokens, self.samples + samples
+        if seconds is not None:
+            self.charged = (self.charged or 0.0) + seconds
 
     def summary(self) -> dict[str, float]:
         """Mean loss and rates over every rank (a collective call)."""
         loss, micro, tokens, samples = reduce_sums([self.loss, self.micro, self.tokens, self.samples])
-        seconds = max(time.perf_counter() - self.t0 - self.paused, 1e-9)
+        wall = time.perf_counter() - self.t0 - self.paused
+        seconds = max(wall if self.charged is None else self.charged, 1e-9)
         return {"train/loss": loss / max(micro, 1), "perf/tokens_per_s": tokens / seconds,
                 "perf/samples_per_s": samples / seconds, "perf/step_s": seconds / max(micro, 1)}
 

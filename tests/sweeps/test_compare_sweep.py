@@ -53,3 +53,10 @@ def test_methods_at_their_own_rates_packed(synthetic_task, tiny_backbone, tmp_pa
         name, params = child.info.run_name, child.data.params
         assert f"s{params['seed']}" in name.split() and f"plr{float(params['prompt_lr']):.2g}" in name.split()
         assert child.data.tags["adept.pack"]
+
+    # the step column is what a trial costs in the pack: its tokens' share of each pack step, not the whole step
+    # (6 members share every step, so the shares add up to the pack's step: its training time over its 20 steps)
+    pack_step = children[0].data.metrics["perf/train_s"] / 20
+    shares = [float(r["step_s"]) for r in rows]
+    assert all(s < pack_step / 2 for s in shares), (shares, pack_step)
+    assert sum(shares) == pytest.approx(pack_step, rel=0.35)

@@ -23,3 +23,13 @@ def test_add_accumulates_a_window():
     window.add(4.0, tokens=30, samples=2)
     assert (window.micro, window.tokens, window.samples) == (2, 40, 4)
     assert window.summary()["train/loss"] == 3.0
+
+
+def test_a_pack_member_is_charged_its_share_not_the_wall():
+    # a member of a pack: 10 s of wall in the window, but its share of the pack's two micro-steps is 0.3 + 0.5 s
+    window = Throughput(t0=time.perf_counter() - 10.0)
+    window.add(1.0, tokens=30, samples=2, seconds=0.3)
+    window.add(1.0, tokens=50, samples=2, seconds=0.5)
+    values = window.summary()
+    assert values["perf/step_s"] == pytest.approx(0.4)
+    assert values["perf/tokens_per_s"] == pytest.approx(100.0)
