@@ -4,6 +4,7 @@
     python benchmarks/bench_pack.py --config configs/demo.yaml              # the demo itself, SmolLM2 (~10 min)
     python benchmarks/bench_pack.py --config configs/compare_methods.yaml   # 18 trials, 3 methods (~2 h)
     python benchmarks/bench_pack.py --tiny                                  # both sweeps on the tests' tiny Llama
+    python benchmarks/bench_pack.py --estimate-unpacked configs/compare_methods.yaml  # its unpacked wall (~15 min)
 
 Each sweep runs twice through `jobs/tune_adept.py` on the same config: `sweep.pack=1` (each trial its own Ray
 Train worker group and backbone) and `sweep.pack=auto` (on CPU: every trial in one pack). Read from each sweep's
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,7 +30,6 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_COMPARE_SPACE = {"method": {"grid": ["adept", "dept", "prompt"]}, "seed": {"grid": [1, 2, 3]}}
 
 
 class TreeMemory:
@@ -106,6 +107,65 @@ def compare(config: Path, name: str, extra: list[str] | None = None, log=print) 
     return [alone, packed]
 
 
+def estimate_unpacked(config: Path, log=print) -> dict:
+    """The unpacked wall time of a long `together` × seed sweep (configs/compare_methods.yaml: 18 SmolLM2 trials,
+    hours unpacked here), estimated from measured pieces. Per method, its first setting × the config's seeds runs
+    unpacked, as many trials at a time as the sweep runs (2 here): with 3 seeds the third trial takes the slot of the
+    first to finish, so `slot` = the third trial's MLflow run start − that trial's run start is what one trial
+    holds a slot for (its run, its teardown, the next trial's start-up) under the same contention. The sweep:
+
+        wall ≈ fixed + Σ_trials slot(method) / at_a_time − gap
+
+    fixed = the job's time outside its trials' runs (start-up before the first run, report after the last),
+    gap = slot − the run's own time (the last round has no next trial to start); both means over the methods."""
+    import yaml
+
+    from pipeline.tracking.models import search_runs
+
+    data = yaml.safe_load(config.read_text())
+    sweep = data["sweep"]
+    entries, seeds = sweep["space"]["together"]["grid"], sweep["space"]["seed"]["grid"]
+    concurrent = sweep.get("max_concurrent_trials") or 2
+    if len(seeds) <= concurrent:
+        raise ValueError(f"space.seed: {len(seeds)} seeds leave no trial waiting for a slot; give more seeds "
+                         f"than max_concurrent_trials ({concurrent})")
+    methods: dict[str, dict] = {}
+    for entry in entries:
+        methods.setdefault(entry["method"], {"entry": entry, "trials": 0})["trials"] += len(seeds)
+    rows = []
+    for method, info in methods.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            row = run_sweep(config, "1", tmp, f"estimate-{method}", [
+                "--sweep-set", f"space.together={json.dumps({'grid': [info['entry']]})}"], log)
+            runs = search_runs(f"sqlite:///{tmp}/mlflow.db", "tags.`adept.kind` = 'trial'")
+            times = sorted((r.info.start_time / 1000, r.info.end_time / 1000) for r in runs)
+        rows.append({"method": method, "setting": info["entry"], "trials_in_sweep": info["trials"],
+                     **slot_of(times, concurrent, row["wall_s"])})
+        log(f"[pack] estimate: {method}: a trial holds a slot {rows[-1]['slot_s']:.0f} s (gap "
+            f"{rows[-1]['gap_s']:.0f} s); job wall {row['wall_s']} s")
+    return {"item": "pack_estimate", "config": config.name, "trials": sum(r["trials_in_sweep"] for r in rows),
+            "concurrent": concurrent, "methods": rows, **combine(rows, concurrent)}
+
+
+def slot_of(times: list[tuple[float, float]], concurrent: int, wall_s: float) -> dict:
+    """From one method's unpacked run ((start, end) of each trial's MLflow run, more trials than `concurrent`):
+    the slot the first waiting trial took is the one freed first; slot = its start − the freed trial's start."""
+    times = sorted(times)
+    freed = min(times[:concurrent], key=lambda t: t[1])
+    slot = times[concurrent][0] - freed[0]
+    return {"trials_run": len(times), "wall_s": wall_s, "run_s": [round(e - s, 1) for s, e in times],
+            "slot_s": round(slot, 1), "gap_s": round(slot - (freed[1] - freed[0]), 1),
+            "fixed_s": round(wall_s - (max(e for _, e in times) - times[0][0]), 1)}
+
+
+def combine(rows: list[dict], concurrent: int) -> dict:
+    """wall ≈ fixed + Σ_trials slot(method) / concurrent − gap (fixed and gap: means over the methods)."""
+    fixed = statistics.fmean(r["fixed_s"] for r in rows)
+    gap = statistics.fmean(r["gap_s"] for r in rows)
+    busy = sum(r["trials_in_sweep"] * r["slot_s"] for r in rows) / concurrent
+    return {"fixed_s": round(fixed, 1), "gap_s": round(gap, 1), "estimated_unpacked_wall_s": round(fixed + busy - gap, 1)}
+
+
 def tiny_configs(folder: Path) -> dict[str, tuple[Path, list[str]]]:
     """The demo's and compare_methods' sweeps on the tests' synthetic task and 2-layer Llama (d=32)."""
     import yaml
@@ -137,12 +197,17 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, action="append", default=[], help="a sweep config (repeatable)")
     p.add_argument("--tiny", action="store_true", help="the demo and compare_methods sweeps on a tiny Llama")
+    p.add_argument("--estimate-unpacked", type=Path, metavar="CONFIG",
+                   help="only estimate this together × seed sweep's unpacked wall time from pairs of its trials")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "pack.json")
     args = p.parse_args(argv)
-    with tempfile.TemporaryDirectory() as folder:
-        configs = tiny_configs(Path(folder)) if args.tiny or not args.config else {}
-        configs.update({c.stem: (c.resolve(), []) for c in args.config})
-        result = rows(configs)
+    if args.estimate_unpacked:
+        result = [estimate_unpacked(args.estimate_unpacked.resolve())]
+    else:
+        with tempfile.TemporaryDirectory() as folder:
+            configs = tiny_configs(Path(folder)) if args.tiny or not args.config else {}
+            configs.update({c.stem: (c.resolve(), []) for c in args.config})
+            result = rows(configs)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"rows": result, "command": " ".join(["python", *sys.argv]),
                                     "cpu": _cpu(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1) + "\n")
