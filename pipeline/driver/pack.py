@@ -16,7 +16,7 @@ from pipeline.core.errors import UserError
 from pipeline.core.resolve import ResolvedRun
 from pipeline.driver.launch import TrialLink, make_trainer, open_fit_run
 from pipeline.driver.ray_setup import init_ray
-from pipeline.tracking import close_run, status_of_error
+from pipeline.tracking import STOPPED_AT_TAG, STOPPED_EARLY_TAG, close_run, status_of_error
 
 PACK_TAG = "adept.pack"
 # What every member of a pack must share: they run in one batch, in one worker group, on one tokenisation.
@@ -107,7 +107,7 @@ def _close_member_runs(members, run_ids, result, error) -> list[str]:
             status, text = "FINISHED", None
         tags = None
         if metrics.get(f"m{k}_status") == "stopped":
-            tags = {"adept.stopped_early": "asha", "adept.stopped_at_step": str(metrics.get(f"m{k}_stopped_at", "?"))}
+            tags = {STOPPED_EARLY_TAG: "asha", STOPPED_AT_TAG: str(metrics.get(f"m{k}_stopped_at", "?"))}
         close_run(member.tracking_uri, run_id, status, error=text, tags=tags, budget_s=member.config.tracking_outage_s)
         statuses.append(status)
     return statuses

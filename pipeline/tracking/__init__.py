@@ -40,7 +40,10 @@ from pipeline.tracking.runs import (
     KIND_TAG,
     PARENT_TAG,
     RUN_KEY_TAG,
+    STOPPED_AT_TAG,
+    STOPPED_EARLY_TAG,
     RunRef,
+    clear_stopped_early,
     close_open_children,
     close_run,
     find_run,
@@ -59,8 +62,9 @@ from pipeline.tracking.store import (
 )
 
 __all__ = ["DEFAULT_OUTAGE_BUDGET_S", "FAILED", "FINISHED", "JOURNAL", "KILLED", "KIND_TAG", "PARENT_TAG",
-           "PythonModel", "RUN_KEY_TAG", "RunLogger", "RunRef", "TrackingOutage", "bad_input",
-           "check_tracking_server", "client", "close_open_children", "close_run", "create_model_version",
+           "PythonModel", "RUN_KEY_TAG", "RunLogger", "RunRef", "STOPPED_AT_TAG", "STOPPED_EARLY_TAG",
+           "TrackingOutage", "bad_input", "check_tracking_server", "clear_stopped_early", "client",
+           "close_open_children", "close_run", "create_model_version",
            "default_tracking_uri", "download_artifacts", "ensure_registered_model", "experiment_id",
            "experiment_name", "find_run", "fit_run_name", "get_run", "git_commit", "is_remote",
            "list_artifacts", "load_model", "log_code_model", "log_to_run", "logged_model_config",

@@ -27,6 +27,7 @@ from pipeline.tracking.store import DEFAULT_OUTAGE_BUDGET_S, client, experiment_
 RUN_KEY_TAG = "adept.run_name"
 KIND_TAG = "adept.kind"
 PARENT_TAG = "mlflow.parentRunId"
+STOPPED_EARLY_TAG, STOPPED_AT_TAG = "adept.stopped_early", "adept.stopped_at_step"
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
 STATUSES = (FINISHED, FAILED, KILLED)
 SOURCE_NAMES = {"fit": "jobs/train_adept.py", "sweep": "jobs/tune_adept.py", "trial": "jobs/tune_adept.py",
@@ -80,6 +81,24 @@ def close_run(uri: str, run_id: str, status: str, *, error: str | None = None, t
     for key, value in extra.items():
         retrying(lambda key=key, value=value: mlflow_client.set_tag(run_id, key, value), "tag the run", budget_s)
     retrying(lambda: mlflow_client.set_terminated(run_id, status=status), "close the run", budget_s)
+
+
+def clear_stopped_early(uri: str, run_id: str, budget_s: float = DEFAULT_OUTAGE_BUDGET_S) -> bool:
+    """Drop the stopped-early tags of a run whose fit completed after all; True if it had them.
+
+    Tune tells the scheduler's STOP to the sweep's driver before it reaches the trial's workers, so a fast
+    trial can finish and log its test metrics after the driver tagged its run stopped early. Both sides
+    write first, then read (the driver tags, then looks for test metrics; the worker logs them, then looks
+    for the tags): whichever reads last sees the other's write, so the tags never outlive the test metrics.
+    """
+    mlflow_client = client(uri)
+    run = retrying(lambda: mlflow_client.get_run(run_id), "read the run", budget_s)
+    if STOPPED_EARLY_TAG not in run.data.tags:
+        return False
+    for key in (STOPPED_EARLY_TAG, STOPPED_AT_TAG):
+        if key in run.data.tags:
+            retrying(lambda key=key: mlflow_client.delete_tag(run_id, key), "untag the run", budget_s)
+    return True
 
 
 def close_open_children(uri: str, parent_run_id: str, status: str, *, error: str | None = None,

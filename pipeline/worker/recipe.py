@@ -30,7 +30,7 @@ from pipeline.core.errors import UserError
 from pipeline.core.logs import configure_worker_logging
 from pipeline.core.progress import EvalProgress, TrainProgress
 from pipeline.core.resolve import ResolvedRun
-from pipeline.tracking import RunLogger, ray_key
+from pipeline.tracking import RunLogger, clear_stopped_early, ray_key
 from pipeline.worker import checkpoint as ckpt
 from pipeline.worker.callbacks import build_callbacks
 from pipeline.worker.distributed import distributed_evaluate, epoch_batches, gather_objects, reduce_sums
@@ -259,6 +259,11 @@ class FitRecipe:
         if self.rank == 0:
             log.info("[adept] time: " + " · ".join(f"{k} {v:.0f} s" for k, v in self.seconds.items()))
         unsent = self.logger.close()  # before the final report, so the driver learns what MLflow lacks
+        if unsent is None and self.rank == 0 and self.loop_config.get("mlflow_run_id"):
+            try:  # a sweep's STOP can reach us after we passed its rung: we completed, so no stopped-early tags
+                clear_stopped_early(self.run_spec.tracking_uri, self.loop_config["mlflow_run_id"], budget_s=30.0)
+            except Exception as err:  # noqa: BLE001 - the fit is done; a tracking problem must not fail it
+                log.warning(f"[adept] could not check the run's stopped-early tags: {err}")
         final.update(tracking_unsent=int(unsent is not None), tracking_message=unsent or "",
                      quarantined=len(ckpt.quarantined(self.run_folder)))
         state.finished = True

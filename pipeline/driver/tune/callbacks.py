@@ -14,7 +14,15 @@ import time
 from ray.tune import Callback
 
 from pipeline.core.progress import clock
-from pipeline.tracking import FAILED, FINISHED, close_run, find_run
+from pipeline.tracking import (
+    FAILED,
+    FINISHED,
+    STOPPED_AT_TAG,
+    STOPPED_EARLY_TAG,
+    clear_stopped_early,
+    close_run,
+    find_run,
+)
 from pipeline.tracking.store import experiment_id
 
 log = logging.getLogger("adept")
@@ -42,9 +50,17 @@ class TrialRunStatus(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
         tags = self._score_tags(trial)
-        if not completed(result) and not self._logged_test_metrics(trial):
-            tags.update({"adept.stopped_early": self.scheduler, "adept.stopped_at_step": str(result.get("step", "?"))})
-        self._close(trial, FINISHED, tags=tags)
+        stopped = not completed(result) and not self._logged_test_metrics(trial)
+        if stopped:
+            tags.update({STOPPED_EARLY_TAG: self.scheduler, STOPPED_AT_TAG: str(result.get("step", "?"))})
+        run_id = self._close(trial, FINISHED, tags=tags)
+        # The STOP reaches the workers after this: one past its rung may still finish and log its test
+        # metrics. Tagged first, looked again after (the worker does the reverse: runs.clear_stopped_early).
+        if stopped and run_id is not None and self._logged_test_metrics(trial):
+            try:
+                clear_stopped_early(self.uri, run_id, budget_s=self.budget_s)
+            except Exception as err:  # noqa: BLE001 - a tracking problem must not stop the sweep
+                log.warning(f"[adept] could not untag the MLflow run of trial {trial.trial_id}: {err}")
 
     def _logged_test_metrics(self, trial) -> bool:
         """The fit ran to its test split even if Tune missed its final report: Ray Train's last report can reach
@@ -63,14 +79,17 @@ class TrialRunStatus(Callback):
         score = (getattr(trial, "metric_analysis", {}) or {}).get(self.metric, {}).get(self.mode)
         return {"adept.score": f"{score:.6g}"} if score is not None else {}
 
-    def _close(self, trial, status: str, error: str | None = None, tags: dict | None = None) -> None:
+    def _close(self, trial, status: str, error: str | None = None, tags: dict | None = None) -> str | None:
+        """Close the trial's run; its id, or None when there is none (or MLflow could not be reached)."""
         key = f"{self.sweep}-{trial.trial_id}"
         try:
             run = find_run(self.uri, experiment_id(self.uri, self.experiment), key)
             if run is not None:
                 close_run(self.uri, run.info.run_id, status, error=error, tags=tags, budget_s=self.budget_s)
+                return run.info.run_id
         except Exception as err:  # noqa: BLE001 - a tracking problem must not stop the sweep
             log.warning(f"[adept] could not close the MLflow run of trial {trial.trial_id}: {err}")
+        return None
 
 
 def trial_error(trial) -> str:
