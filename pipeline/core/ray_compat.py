@@ -100,17 +100,21 @@ def validate_cluster_yaml(config: dict) -> dict:
 
 def registered_checkpoints(run_folder) -> list[str] | None:
     """The checkpoint folder names Ray Train registered for a run, newest first (a re-run resumes from the first);
-    None when its snapshot is missing or unreadable.
+    [] when it has no snapshot yet, None when the snapshot is unreadable.
 
     Ray Train V2's checkpoint manager keeps them in `<run folder>/checkpoint_manager_snapshot.json`
-    (`_CheckpointManagerState`): a folder the worker wrote but whose report the controller had not taken when the
-    fit stopped (Ctrl-C between the two) is on disk, but not among them, and not what a re-run loads.
+    (`_CheckpointManagerState`), written when it registers a checkpoint: a folder the worker wrote but whose report
+    the controller had not taken when the fit stopped (Ctrl-C between the two) is on disk, but not among them, and
+    not what a re-run loads. Without a snapshot a re-run starts from scratch, whatever folders are on disk.
     """
     import json
     from pathlib import Path
 
+    snapshot = Path(run_folder) / TRAIN_SNAPSHOT
+    if not snapshot.exists():
+        return []
     try:
-        state = json.loads((Path(run_folder) / TRAIN_SNAPSHOT).read_text())
+        state = json.loads(snapshot.read_text())
         names = [r["checkpoint_dir_name"] for r in state["checkpoint_results"]]
         latest = (state.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name")
     except (OSError, ValueError, KeyError, TypeError):

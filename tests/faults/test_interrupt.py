@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 from fault_hooks import hooks, sleep_each_step
-from fit_helpers import ROOT, checkpoints, fit_args, journal, kill_tree, start_fit, wait_for
+from fit_helpers import ROOT, fit_args, journal, kill_tree, start_fit, wait_for
+
+from pipeline.core.ray_compat import registered_checkpoints
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 NOISE = ("Found multiple active Ray instances", "PlacementGroupCleanerMonitor")
@@ -58,7 +60,8 @@ def test_ctrl_c_says_where_to_resume_and_the_same_command_does(second_ray_cluste
     first_log, again_log = tmp_path / "first.log", tmp_path / "again.log"
     proc = start_fit(args, log=first_log)
     try:
-        wait_for(lambda: checkpoints(storage, name), 600, "the first checkpoint", proc)
+        # registered by Ray Train, not only written by the worker: a Ctrl-C between the two leaves nothing to resume
+        wait_for(lambda: registered_checkpoints(storage / name), 600, "the first registered checkpoint", proc)
         rc, out = interrupt(proc, first_log)
     finally:
         kill_tree(proc)

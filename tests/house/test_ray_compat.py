@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import json
 from pathlib import Path
 
 import pytest
@@ -207,4 +208,25 @@ def test_registered_checkpoints_read_ray_trains_snapshot(tmp_path):
                                     failed_validation_checkpoint_dir_names=[])
     (tmp_path / ray_compat.TRAIN_SNAPSHOT).write_text(state.model_dump_json())  # as Ray Train writes it
     assert ray_compat.registered_checkpoints(tmp_path) == ["step_00000007", "step_00000009", "step_00000005"]
-    assert ray_compat.registered_checkpoints(tmp_path / "absent") is None
+    assert ray_compat.registered_checkpoints(tmp_path / "absent") == []  # nothing registered: a re-run starts anew
+    (tmp_path / ray_compat.TRAIN_SNAPSHOT).write_text(state.model_dump_json()[:40])  # cut short
+    assert ray_compat.registered_checkpoints(tmp_path) is None
+
+
+def test_a_checkpoint_on_disk_that_ray_never_registered_is_not_where_a_rerun_resumes(tmp_path):
+    """Ctrl-C between the worker writing its first checkpoint and the controller registering it: the job must not
+    promise a resume from that step (the re-run starts from scratch); once registered, it names the step."""
+    from types import SimpleNamespace
+
+    from pipeline.driver.launch import last_checkpoint_step
+    from pipeline.worker.checkpoint import MANIFEST
+
+    cfg = SimpleNamespace(storage_path=str(tmp_path), run_name="fit")
+    folder = tmp_path / "fit" / "step_00000005"
+    folder.mkdir(parents=True)
+    (folder / MANIFEST).write_text(json.dumps({"step": 5}))
+    assert last_checkpoint_step(cfg) is None
+    (tmp_path / "fit" / ray_compat.TRAIN_SNAPSHOT).write_text(json.dumps(
+        {"checkpoint_results": [{"checkpoint_dir_name": "step_00000005"}],
+         "latest_checkpoint_result": {"checkpoint_dir_name": "step_00000005"}}))
+    assert last_checkpoint_step(cfg) == 5
