@@ -13,7 +13,7 @@ import uuid
 import pytest
 from mlflow_server import MlflowServer
 
-from pipeline.tracking import RunLogger, client, open_run
+from pipeline.tracking import RUN_KEY_TAG, RunLogger, client, open_run
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -26,7 +26,8 @@ class ReplyDroppingProxy:
     client's connection without the reply, `refuse(n)` closes the next n log-batch requests unforwarded, and
     `deliver_late(delay_s)` closes the next one unanswered but hands it to the server `delay_s` later (a hung
     server that wakes up and stores a request its client gave up on, after the client's read-back and resend).
-    `down = True` closes every connection at once (an outage that costs no server restart)."""
+    `down = True` closes every connection at once (an outage that costs no server restart). `faulty_path` picks
+    the requests these faults hit (log-batch unless told)."""
 
     def __init__(self, upstream: str):
         host, port = upstream.removeprefix("http://").split(":")
@@ -39,6 +40,7 @@ class ReplyDroppingProxy:
         self.late_threads: list[threading.Thread] = []
         self.events: list[str] = []
         self.down, self.last_refused = False, 0.0
+        self.faulty_path = "/runs/log-batch"
         threading.Thread(target=self._accept, daemon=True).start()
 
     def drop_after_store(self, n: int = 1) -> None:
@@ -83,7 +85,7 @@ class ReplyDroppingProxy:
                     return
                 head = request.split(b"\r\n", 1)[0].decode()
                 fault = None
-                if "/runs/log-batch" in head:
+                if self.faulty_path in head:
                     with self.lock:
                         if self.refused:
                             self.refused, fault = self.refused - 1, "refused"
@@ -193,6 +195,23 @@ def test_a_stored_batch_whose_reply_was_lost_is_not_sent_again(mlflow_server, tm
     times = {m.step: m.timestamp for m in held[KEYS[0]]}
     assert times == {e["step"]: round(e["time"] * 1000) for e in map(json.loads, journal)}
     assert closed_in < 20, f"close() took {closed_in:.1f} s with the server up"
+
+
+def test_a_run_whose_create_reply_was_lost_is_created_once(mlflow_server):
+    """The server created the run but the client never heard: the retry finds that run (by its key) rather than
+    creating a second one beside it, and gives it the params."""
+    proxy = ReplyDroppingProxy(mlflow_server)
+    proxy.faulty_path = "/runs/create"
+    proxy.drop_after_store()
+    key = f"eo-{uuid.uuid4().hex[:8]}"
+    try:
+        ref = open_run(proxy.url, "exactly-once", key, kind="fit", params={"seed": 7}, budget_s=60)
+    finally:
+        proxy.close()
+    assert proxy.events == ["stored, reply dropped"]
+    runs = client(mlflow_server).search_runs([ref.experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'")
+    assert [r.info.run_id for r in runs] == [ref.run_id]
+    assert runs[0].data.params == {"seed": "7"}
 
 
 def test_close_returns_within_seconds_of_the_server_coming_back(mlflow_server, tmp_path):
