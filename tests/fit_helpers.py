@@ -54,6 +54,15 @@ def checkpoints(storage: Path, name: str) -> list[Path]:
     return sorted((storage / name).glob("step_*"))
 
 
+def registered(run_folder: Path, step: int) -> bool:
+    """Ray Train registered the run's checkpoint of this step: a crash or kill from now on resumes from it (or a
+    later one). Its folder is on disk earlier: the controller takes a worker's report at its next poll (every 2 s),
+    and a fault before that loses the report."""
+    from pipeline.core.ray_compat import registered_checkpoints
+
+    return any(n.startswith(f"step_{step:08d}") for n in registered_checkpoints(run_folder) or [])
+
+
 def train_workers(proc: subprocess.Popen) -> list[psutil.Process]:
     """The job's Ray Train worker processes (Ray names them ray::RayTrainWorker...)."""
     try:

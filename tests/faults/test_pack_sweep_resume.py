@@ -12,7 +12,7 @@ import psutil
 import pytest
 import yaml
 from fault_hooks import sleep_each_step
-from fit_helpers import ROOT, finish, journal, wait_for
+from fit_helpers import ROOT, finish, journal, registered, wait_for
 from mlflow import MlflowClient
 
 pytestmark = [pytest.mark.pack, pytest.mark.faults, pytest.mark.slow]
@@ -52,7 +52,7 @@ def test_a_killed_packed_sweep_resumes_by_name(synthetic_task, tiny_backbone, tm
     proc = subprocess.Popen(command, cwd=ROOT, stdout=open(first, "w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
-        (pack,) = wait_for(lambda: [p for p in trials.glob(f"{SWEEP}-*") if (p / "step_00000010").is_dir()][:1],
+        (pack,) = wait_for(lambda: [p for p in trials.glob(f"{SWEEP}-*") if registered(p, 10)][:1],
                            600, "the first pack's step-10 checkpoint", proc)
         wait_for(lambda: max((e["step"] for e in journal(trials, f"{pack.name}-m0")), default=0) >= 13, 120,
                  "step 13", proc)

@@ -14,6 +14,7 @@ from fit_helpers import (
     journal,
     kill_tree,
     listeners,
+    registered,
     start_fit,
     train_workers,
     wait_for,
@@ -35,7 +36,7 @@ def test_sigkilled_worker_resumes_exactly(synthetic_task, tiny_backbone, tmp_pat
             seen.update(listeners(proc))
             return max((e["step"] for e in journal(storage, name)), default=0) >= 25
 
-        wait_for(lambda: any(p.name.startswith("step_00000020") for p in checkpoints(storage, name)) and at_step_25(),
+        wait_for(lambda: registered(storage / name, 20) and at_step_25(),
                  600, "a checkpoint at step 20 and step 25", proc)
         workers = wait_for(lambda: train_workers(proc), 30, "the Ray Train workers", proc)
         killed_after = max(e["step"] for e in journal(storage, name))

@@ -23,7 +23,7 @@ import psutil
 import pytest
 import yaml
 from fault_hooks import sleep_each_step
-from fit_helpers import ROOT, finish, journal, kill_tree, wait_for
+from fit_helpers import ROOT, finish, journal, kill_tree, registered, wait_for
 from mlflow import MlflowClient
 from multinode import LocalCluster, trainer_state
 
@@ -44,7 +44,7 @@ def train_controllers(cluster: LocalCluster) -> int:
 
 
 def runs_with_checkpoint(trials, step: int):
-    return [run for run in sorted(trials.glob(f"{SWEEP}-*")) if (run / f"step_{step:08d}").is_dir()]
+    return [run for run in sorted(trials.glob(f"{SWEEP}-*")) if registered(run, step)]
 
 
 def sweep_config(tmp_path, synthetic_task, tiny_backbone, **sweep) -> tuple[Path, Path, str]:

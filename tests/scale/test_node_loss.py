@@ -7,7 +7,7 @@ import time
 
 import pytest
 from fault_hooks import hooks, sleep_each_step
-from fit_helpers import checkpoints, fit_args, journal, kill_tree, only_run, start_fit, wait_for
+from fit_helpers import checkpoints, fit_args, journal, kill_tree, only_run, registered, start_fit, wait_for
 from multinode import ZERO3_ON_TWO_NODES, reproduces_best_score, trainer_state
 
 pytestmark = [pytest.mark.scale, pytest.mark.slow]
@@ -21,7 +21,7 @@ def test_lost_node_is_replaced_and_the_fit_resumes_from_its_last_checkpoint(clus
                     "--set", "node_wait_s=300")
     proc = start_fit([*args, *hooks(sleep_each_step(0.15))], env=cluster.env(), log=tmp_path / "job.log")
     try:
-        wait_for(lambda: any(p.name.startswith("step_00000020") for p in checkpoints(storage, name)), 600,
+        wait_for(lambda: registered(storage / name, 20), 600,
                  "a checkpoint at step 20", proc)
         wait_for(lambda: max((e["step"] for e in journal(storage, name)), default=0) >= 25, 120, "step 25", proc)
         (placed,) = trainer_state(checkpoints(storage, name)[-1])["nodes"]
