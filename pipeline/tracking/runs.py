@@ -60,15 +60,10 @@ def open_run(uri: str, experiment: str, key: str, *, kind: str, display_name: st
         all_tags[PARENT_TAG] = parent_run_id
     if description:
         all_tags["mlflow.note.content"] = description
-    tries = []
-
-    def create_once():
-        # a try whose reply was lost may have created the run: a retry looks for it first, or it would make a twin
-        found = find_run(uri, exp, key) if tries else None
-        tries.append(1)
-        return found or mlflow_client.create_run(exp, run_name=display_name or key, tags=all_tags)
-
-    run = retrying(create_once, "create the run", budget_s)
+    # a try whose reply was lost may have created the run: every try looks for it first, or a retry makes a twin
+    run = retrying(lambda: find_run(uri, exp, key) or mlflow_client.create_run(exp, run_name=display_name or key,
+                                                                               tags=all_tags),
+                   "create the run", budget_s)
     items = sorted((params or {}).items())
     for start in range(0, len(items), 100):  # log_batch takes at most 100 params per call
         chunk = [Param(k, str(v)[:6000]) for k, v in items[start:start + 100]]
