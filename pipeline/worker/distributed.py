@@ -22,17 +22,39 @@ def epoch_batches(n: int, epoch: int, rank: int, world: int, micro: int, seed: i
     return [order[start + rank * micro:start + (rank + 1) * micro] for start in range(0, n - per_step + 1, per_step)]
 
 
-def gather_objects(obj) -> list:
-    """Every rank's `obj`, in rank order (a list of one without a process group)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+class ProcessGroupLost(RuntimeError):
+    """A fit of several workers found its process group gone: Ray Train tore it down because another worker failed."""
+
+
+def _collective(world: int) -> bool:
+    """Whether a call over `world` ranks must be collective. It is the fit's world size, never read off the process
+    group: when a worker dies, Ray Train destroys the survivors' process group (TorchConfig's on_shutdown) while
+    their training thread still runs, for up to a few hundred ms before the actors are killed. A helper that took
+    "no process group" for "one worker" would then return this rank's values alone, and the survivor would log a
+    loss of half the batch (seen: a worker SIGKILLed after step 27, rank 0 logged step 28 from its own rows) or
+    checkpoint one rank's RNG state. Raising stops it before it logs or saves anything."""
+    if world == 1:
+        return False
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ProcessGroupLost(
+            f"this fit has {world} workers but its process group is gone: Ray Train tears it down when another "
+            "worker fails. This worker stops without logging or saving what it computed alone; the fit resumes "
+            "from its last checkpoint (max_failures allowing).")
+    return True
+
+
+def gather_objects(obj, world: int) -> list:
+    """Every rank's `obj`, in rank order, over the fit's `world` ranks (a list of one when world is 1)."""
+    if not _collective(world):
         return [obj]
-    out: list = [None] * dist.get_world_size()
+    out: list = [None] * world
     dist.all_gather_object(out, obj)
     return out
 
 
-def reduce_sums(values: list[float]) -> list[float]:
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+def reduce_sums(values: list[float], world: int) -> list[float]:
+    """Each value summed over the fit's `world` ranks."""
+    if not _collective(world):
         return [float(v) for v in values]
     tensor = torch.tensor([float(v) for v in values], dtype=torch.float64)
     dist.all_reduce(tensor)
@@ -78,8 +100,6 @@ def distributed_evaluate(model, tokenizer, task, dataset, config, rank: int, wor
         predictions += predict(runner, tokenizer, task, sources[start:start + chunk], config)
         if progress is not None:
             progress(min(n, len(predictions) * world))
-    if world > 1:
-        shards: list = [None] * world
-        dist.all_gather_object(shards, predictions)
-        predictions = [p for k, shard in enumerate(shards) for p in shard[:real[k]]]
+    shards = gather_objects(predictions, world)
+    predictions = [p for k, shard in enumerate(shards) for p in shard[:real[k]]]
     return score(task, dataset, predictions)

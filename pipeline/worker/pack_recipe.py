@@ -155,7 +155,7 @@ class PackRecipe:
         refused: list[Path] = []
         folder = ckpt.latest_good(latest, refused)
         saved, tensors = ckpt.read(folder)
-        gather_objects(None)
+        gather_objects(None, self.world)
         if self.rank == 0:
             ckpt.quarantine(refused)
         self.state = PackState.from_dict(saved)
@@ -256,7 +256,7 @@ class PackRecipe:
         for k in range(len(self.members)):
             if not self.windows[k].micro:  # left the batch before this window (the same on every rank)
                 continue
-            values = {**self.windows[k].summary(),
+            values = {**self.windows[k].summary(self.world),
                       **{f"train/lr_{name}": lr for name, lr in self.engine.member_learning_rates(k).items()}}
             self.loggers[k].metrics(values, step=self.state.step)
             self.last_train[k] = values
@@ -304,7 +304,7 @@ class PackRecipe:
                 if score is not None and member.step < self.members[k].config.max_steps and not ray.get(
                         rungs.decide.remote(self.members[k].config.run_name, member.step, float(score))):
                     stop.append(k)
-        for k in gather_objects(stop)[0]:
+        for k in gather_objects(stop, self.world)[0]:
             self.state.members[k].status, self.state.members[k].error = STOPPED, None
             if self.rank == 0:
                 log.info(f"[adept] m{k} stopped by ASHA at step {self.state.step} ({metric} "
@@ -326,7 +326,7 @@ class PackRecipe:
             final[f"m{k}_status"] = member.status
             final[f"m{k}_stopped_at"] = member.step
             final[f"m{k}_error"] = member.error or ""
-        memory = gather_objects(_peak_rss_mib())
+        memory = gather_objects(_peak_rss_mib(), self.world)
         for k, logger in enumerate(self.loggers):
             logger.metrics({**{f"perf/{n}_s": v for n, v in self.seconds.items()},
                             **{f"perf/peak_rss_mib_r{r}": m for r, m in enumerate(memory)}},
@@ -371,7 +371,7 @@ class PackRecipe:
         snapshot = self.engine.snapshot([m.step for m in self.state.members])
         tensors, meta = ckpt.rng_state()
         tensors.update({f"member{k}": state for k, state in enumerate(self.model.member_rng_states or [])})
-        rng = gather_objects((tensors, meta))
+        rng = gather_objects((tensors, meta), self.world)
         report = {**metrics, "step": self.state.step,
                   "members_running": len(self.running()), "members": len(self.members)}
         with tempfile.TemporaryDirectory(prefix="adept-pack-") as tmp:

@@ -82,9 +82,9 @@ class Throughput:
         if seconds is not None:
             self.charged = (self.charged or 0.0) + seconds
 
-    def summary(self) -> dict[str, float]:
-        """Mean loss and rates over every rank (a collective call)."""
-        loss, micro, tokens, samples = reduce_sums([self.loss, self.micro, self.tokens, self.samples])
+    def summary(self, world: int) -> dict[str, float]:
+        """Mean loss and rates over the fit's `world` ranks (a collective call)."""
+        loss, micro, tokens, samples = reduce_sums([self.loss, self.micro, self.tokens, self.samples], world)
         wall = time.perf_counter() - self.t0 - self.paused
         seconds = max(wall if self.charged is None else self.charged, 1e-9)
         return {"train/loss": loss / max(micro, 1), "perf/tokens_per_s": tokens / seconds,
@@ -149,7 +149,7 @@ class FitRecipe:
         refused: list[Path] = []
         folder = ckpt.latest_good(latest, refused)
         saved, tensors = ckpt.read(folder)
-        gather_objects(None)  # every rank has read the good one: now the refused ones may move
+        gather_objects(None, self.world)  # every rank has read the good one: now the refused ones may move
         if self.rank == 0:
             ckpt.quarantine(refused)  # kept as evidence, out of reach of Ray Train's checkpoint retention
         self.state = TrainState.from_dict(saved)
@@ -208,7 +208,7 @@ class FitRecipe:
         self.seconds["train"] = time.perf_counter() - started - paused_total
 
     def log_training(self) -> None:
-        values = {**self.window.summary(),
+        values = {**self.window.summary(self.world),
                   **{f"train/lr_{k}": v for k, v in self.engine.learning_rates().items()}}
         self.logger.metrics(values, step=self.state.step)
         self.last_train_metrics = values
@@ -251,7 +251,7 @@ class FitRecipe:
             log.info(f"[adept] done: best validation {self.data.task.primary_metric} {state.best_score} at step "
                      f"{state.best_step}; test {result.metrics}")
         # per rank: MiB before setup, peak, and the parameters it holds (its ZeRO-3 partition, else all of them)
-        memory = gather_objects((self.rss_before_model, _peak_rss_mib(), _held_param_mib(self.engine.module)))
+        memory = gather_objects((self.rss_before_model, _peak_rss_mib(), _held_param_mib(self.engine.module)), self.world)
         self.logger.metrics({**{f"perf/{k}_s": v for k, v in self.seconds.items()},
                              **{f"perf/rss_before_model_mib_r{k}": m[0] for k, m in enumerate(memory)},
                              **{f"perf/peak_rss_mib_r{k}": m[1] for k, m in enumerate(memory)},
@@ -321,7 +321,7 @@ class FitRecipe:
         name = ckpt.free_name(self.run_folder, f"step_{self.state.step:08d}" + ("_final" if final else ""))
         snapshot = self.engine.snapshot(self.state.step)  # collective under DeepSpeed
         current = {k.removeprefix("param/"): v for k, v in snapshot.tensors.items() if k.startswith("param/")}
-        rng = gather_objects(ckpt.rng_state())
+        rng = gather_objects(ckpt.rng_state(), self.world)
         report = {ray_key(k): v for k, v in {**self.last_train_metrics, **metrics}.items()}
         report["step"] = self.state.step
         with tempfile.TemporaryDirectory(prefix="adept-ckpt-") as tmp:
@@ -383,7 +383,7 @@ def _held_param_mib(module: torch.nn.Module) -> float:
 def attempt_nodes(rank: int, world: int) -> list[str]:
     """The Ray node id of each rank of this attempt (kept in the trainer state of every checkpoint, so where a fit
     or a pack ran, and where it went after a lost node, is visible afterwards)."""
-    nodes = gather_objects(ray.get_runtime_context().get_node_id())
+    nodes = gather_objects(ray.get_runtime_context().get_node_id(), world)
     if rank == 0 and len(set(nodes)) > 1:
         log.info(f"[adept] {world} workers on {len(set(nodes))} Ray nodes: "
                  + ", ".join(f"rank {i} {node[:8]}" for i, node in enumerate(nodes)))
