@@ -12,8 +12,8 @@ from pipeline.worker.distributed import ProcessGroupLost, gather_objects, reduce
 pytestmark = pytest.mark.faults
 
 
-def _two_ranks(rank: int, port: int, out) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+def _two_ranks(rank: int, rendezvous: str, out) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
     row = {"sums": reduce_sums([rank + 1.0, 1.0], world=2), "gathered": gather_objects(f"rank{rank}", world=2)}
     dist.destroy_process_group()  # Ray Train's teardown, while this rank's training thread still runs
     for name, call in (("reduce", lambda: reduce_sums([rank + 1.0, 1.0], world=2)),
@@ -25,12 +25,10 @@ def _two_ranks(rank: int, port: int, out) -> None:
     out.put((rank, row))
 
 
-def test_a_survivor_whose_group_was_torn_down_stops_instead_of_going_on_alone():
-    from conftest import free_port
-
+def test_a_survivor_whose_group_was_torn_down_stops_instead_of_going_on_alone(tmp_path):
     ctx = multiprocessing.get_context("spawn")
-    out, port = ctx.Queue(), free_port()
-    procs = [ctx.Process(target=_two_ranks, args=(rank, port, out)) for rank in (0, 1)]
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_two_ranks, args=(rank, str(tmp_path / "rendezvous"), out)) for rank in (0, 1)]
     for proc in procs:
         proc.start()
     rows = dict(out.get(timeout=120) for _ in procs)
