@@ -251,7 +251,8 @@ class FitRecipe:
             log.info(f"[adept] done: best validation {self.data.task.primary_metric} {state.best_score} at step "
                      f"{state.best_step}; test {result.metrics}")
         # per rank: MiB before setup, peak, and the parameters it holds (its ZeRO-3 partition, else all of them)
-        memory = gather_objects((self.rss_before_model, _peak_rss_mib(), _held_param_mib(self.engine.module)), self.world)
+        memory = gather_objects((self.rss_before_model, _peak_rss_mib(), _held_param_mib(self.engine.module)),
+                                self.world)
         self.logger.metrics({**{f"perf/{k}_s": v for k, v in self.seconds.items()},
                              **{f"perf/rss_before_model_mib_r{k}": m[0] for k, m in enumerate(memory)},
                              **{f"perf/peak_rss_mib_r{k}": m[1] for k, m in enumerate(memory)},

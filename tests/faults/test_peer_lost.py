@@ -3,6 +3,7 @@ survivors once another worker fails) must stop, not go on as a fit of one: the l
 world size, never "no process group", as the sign of a single worker. Two real gloo ranks in two processes."""
 
 import multiprocessing
+import os
 
 import pytest
 import torch.distributed as dist
@@ -13,6 +14,7 @@ pytestmark = pytest.mark.faults
 
 
 def _two_ranks(rank: int, rendezvous: str, out) -> None:
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # the ranks' pair sockets on loopback, as in a fit (ray_setup.py)
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
     row = {"sums": reduce_sums([rank + 1.0, 1.0], world=2), "gathered": gather_objects(f"rank{rank}", world=2)}
     dist.destroy_process_group()  # Ray Train's teardown, while this rank's training thread still runs
