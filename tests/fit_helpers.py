@@ -115,11 +115,15 @@ def listeners(proc) -> dict[str, str]:
     return found
 
 
-def watch(proc, seen: dict[str, str] | None = None) -> dict[str, str]:
-    """Collect the job's listeners until it exits (then clean up what it left)."""
+def watch(proc, log: Path, seen: dict[str, str] | None = None, timeout_s: float = 900) -> dict[str, str]:
+    """Collect the job's listeners until it exits (then clean up what it left); a job still running after
+    timeout_s fails the test with its log's tail."""
     seen = {} if seen is None else seen
+    deadline = time.monotonic() + timeout_s
     try:
         while proc.poll() is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the job still ran {timeout_s} s later; its log ends:\n{log.read_text()[-8000:]}")
             seen.update(listeners(proc))
             try:
                 proc.wait(timeout=0.5)

@@ -48,7 +48,7 @@ def test_sigkilled_worker_resumes_exactly(synthetic_task, tiny_backbone, tmp_pat
         killed_after = max(e["step"] for e in journal(storage, name))
         [rank1] = [w for w in workers if w.pid != rank0]
         rank1.send_signal(signal.SIGKILL)
-        watch(proc, seen)
+        watch(proc, tmp_path / "job.log", seen)
         assert proc.returncode == 0, (tmp_path / "job.log").read_text()[-4000:]
     finally:
         kill_tree(proc)

@@ -42,7 +42,7 @@ def sweep(tmp_path_factory, synthetic_task, tiny_backbone):
     proc = subprocess.Popen([sys.executable, "jobs/tune_adept.py", "--config", str(path)], cwd=ROOT,
                             stdout=open(out, "w"), stderr=subprocess.STDOUT, start_new_session=True,
                             env=os.environ.copy())
-    seen = watch(proc)  # the listeners of the sweep's process tree while it runs
+    seen = watch(proc, out)  # the listeners of the sweep's process tree while it runs
     return {"proc": proc, "out": out.read_text(), "uri": uri, "listeners": seen}
 
 
