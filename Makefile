@@ -20,7 +20,8 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 install: $(VENV)/.installed
 
 # The embedded default sweep: real SmolLM2-135M-Instruct + movie-sentiment, fully offline after the first fetch
-# (4 ADePT trials packed over one backbone, ASHA, local Ray, ./mlflow.db; ~6 min on this project's 2-core AMD EPYC with AVX-512, ~24 min AVX2-only: see README).
+# (4 ADePT trials packed over one backbone, ASHA, local Ray, ./mlflow.db; ~6 min on this project's 2-core AMD EPYC
+# with AVX-512, ~24 min on an AVX2-only machine: see README).
 demo: install
 	$(BIN)/python jobs/tune_adept.py
 

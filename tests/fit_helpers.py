@@ -47,7 +47,11 @@ def finish(proc: subprocess.Popen, timeout_s: float, log: Path) -> int:
     try:
         return proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        raise AssertionError(f"the job still ran {timeout_s} s later; its log ends:\n{log.read_text()[-8000:]}") from None
+        raise still_running(timeout_s, log) from None
+
+
+def still_running(timeout_s: float, log: Path) -> AssertionError:
+    return AssertionError(f"the job still ran {timeout_s} s later; its log ends:\n{log.read_text()[-8000:]}")
 
 
 def checkpoints(storage: Path, name: str) -> list[Path]:
@@ -123,7 +127,7 @@ def watch(proc, log: Path, seen: dict[str, str] | None = None, timeout_s: float 
     try:
         while proc.poll() is None:
             if time.monotonic() > deadline:
-                raise AssertionError(f"the job still ran {timeout_s} s later; its log ends:\n{log.read_text()[-8000:]}")
+                raise still_running(timeout_s, log)
             seen.update(listeners(proc))
             try:
                 proc.wait(timeout=0.5)
